@@ -1,0 +1,66 @@
+/**
+ * The Node codec set: node:zlib for zlib (libuv thread pool) and a worker-thread pool
+ * running WebAssembly zstd.
+ */
+import { Qcow2Error } from '../errors.js';
+import type { ClusterCompressor, ClusterDecompressor, CodecSet, CompressionType } from './codec.js';
+import { deflateNodeCompressor, deflateNodeDecompressor } from './deflate-node.js';
+import { ZstdWorkerPool, defaultZstdThreads } from './zstd-node.js';
+
+/** A codec set that owns worker threads; `close()` stops them (idle ones never block exit). */
+export interface NodeCodecSet extends CodecSet {
+  close(): Promise<void>;
+}
+
+/** Options of {@link createNodeCodecs}. */
+export interface NodeCodecOptions {
+  /**
+   * zstd worker threads; 0 decodes in the calling thread.
+   * Default min(4, os.availableParallelism()).
+   */
+  readonly zstdThreads?: number;
+}
+
+function unknownType(type: unknown): Qcow2Error {
+  return new Qcow2Error('UNSUPPORTED', `unknown compression type: ${String(type)}`, { compressionType: type });
+}
+
+/**
+ * Make a Node codec set with its own zstd worker pool (started on first zstd use).
+ *
+ * @example
+ * ```ts
+ * const codecs = createNodeCodecs({ zstdThreads: 2 });
+ * const image = await openImage(storage, { codecs });
+ * // ...
+ * await codecs.close();
+ * ```
+ */
+export function createNodeCodecs(options: NodeCodecOptions = {}): NodeCodecSet {
+  const pool = new ZstdWorkerPool({ threads: options.zstdThreads ?? defaultZstdThreads() });
+  return {
+    decompressor(type: CompressionType): ClusterDecompressor {
+      if (type === 'zlib') return deflateNodeDecompressor;
+      if (type === 'zstd') return pool.decompressor;
+      throw unknownType(type);
+    },
+    compressor(type: CompressionType): ClusterCompressor {
+      if (type === 'zlib') return deflateNodeCompressor;
+      if (type === 'zstd') return pool.compressor;
+      throw unknownType(type);
+    },
+    close: () => pool.close(),
+  };
+}
+
+/**
+ * The shared Node codec set. Its zstd workers start on first use and are unref'd when
+ * idle, so a process exits normally without `close()`; call it to stop them early.
+ *
+ * @example
+ * ```ts
+ * const cluster = new Uint8Array(65536);
+ * await nodeCodecs.decompressor('zlib').decompress(storedBytes, cluster);
+ * ```
+ */
+export const nodeCodecs: NodeCodecSet = createNodeCodecs();

@@ -1,0 +1,35 @@
+/**
+ * Worker-thread side of the zstd pool (zstd-node.ts): decodes and encodes clusters with
+ * the WebAssembly codec and sends results back as transferred buffers.
+ */
+import { parentPort } from 'node:worker_threads';
+import { Qcow2Error } from '../errors.js';
+import { initZstdWasm, zstdCompressSync, zstdDecompressSync } from './zstd-wasm.js';
+import type { ZstdWorkerReply, ZstdWorkerRequest } from './zstd-node-protocol.js';
+
+const port = parentPort;
+if (!port) throw new Error('zstd-node-worker must run in a worker thread');
+
+await initZstdWasm();
+
+port.on('message', (req: ZstdWorkerRequest) => {
+  let reply: ZstdWorkerReply;
+  const transfer: ArrayBuffer[] = [];
+  try {
+    if (req.op === 'decompress') {
+      const out = new Uint8Array(req.dstLength);
+      zstdDecompressSync(req.src, out);
+      reply = { id: req.id, ok: true, out };
+      transfer.push(out.buffer);
+    } else {
+      const out = zstdCompressSync(req.src);
+      reply = { id: req.id, ok: true, out };
+      if (out) transfer.push(out.buffer as ArrayBuffer);
+    }
+  } catch (e) {
+    reply = e instanceof Qcow2Error
+      ? { id: req.id, ok: false, code: e.code, message: e.message, context: { ...e.context } }
+      : { id: req.id, ok: false, code: undefined, message: String(e), context: {} };
+  }
+  port.postMessage(reply, transfer);
+});

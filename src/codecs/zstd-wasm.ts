@@ -1,0 +1,138 @@
+/**
+ * zstd for qcow2 clusters over @bokuweb/zstd-wasm (WebAssembly: Node and browsers).
+ * The package only offers one-shot calls, so input is cut into exact frames first
+ * (zstd-frame.ts) and frames are decoded one after another until the cluster is full,
+ * as QEMU's streaming loop does.
+ */
+import { init, compress as wasmCompress, decompress as wasmDecompress } from '@bokuweb/zstd-wasm';
+import { Qcow2Error } from '../errors.js';
+import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
+import { readZstdFrame } from './zstd-frame.js';
+
+/** QEMU compresses with ZSTD_CLEVEL_DEFAULT. */
+const ZSTD_DEFAULT_LEVEL = 3;
+
+let ready: Promise<void> | undefined;
+let initialized = false;
+
+/**
+ * Load the WebAssembly module once. Called lazily by the codecs; call it yourself to
+ * choose where the browser fetches `zstd.wasm` from (default: next to the package's
+ * module, which bundlers resolve). Rejects with Qcow2Error('UNSUPPORTED') when the
+ * module cannot be loaded; a later call tries again. An application that uses
+ * @bokuweb/zstd-wasm itself must call the package's `init()` before any qcow2kit zstd
+ * call or not at all: a second `init()` replaces the instance under existing users.
+ *
+ * @example
+ * ```ts
+ * await initZstdWasm('/assets/zstd.wasm');
+ * ```
+ */
+export function initZstdWasm(wasmUrl?: string): Promise<void> {
+  // Initialising the package twice swaps its wasm instance under in-flight callers, so
+  // adopt an instance that the application already set up.
+  if (!ready && isInitialisedElsewhere()) {
+    initialized = true;
+    ready = Promise.resolve();
+  }
+  ready ??= (init as (path?: string) => Promise<void>)(wasmUrl).then(
+    () => { initialized = true; },
+    (cause: unknown) => {
+      ready = undefined;
+      throw new Qcow2Error('UNSUPPORTED', `zstd: cannot load the WebAssembly decoder: ${String(cause)}`, {}, { cause });
+    },
+  );
+  return ready;
+}
+
+/** The package has no "is initialised" query; a tiny compression only works once it is. */
+function isInitialisedElsewhere(): boolean {
+  try {
+    return wasmCompress(new Uint8Array(1), 1).byteLength > 0;
+  } catch {
+    return false;
+  }
+}
+
+function decompressError(message: string, context: Record<string, unknown>, cause?: unknown): Qcow2Error {
+  return new Qcow2Error('DECOMPRESS', `zstd: ${message}`, context, cause === undefined ? undefined : { cause });
+}
+
+/**
+ * Decode zstd frames from `src` until `dst` is full; bytes after that are ignored.
+ * Synchronous; the wasm module must be initialised (`initZstdWasm`). Throws
+ * Qcow2Error('DECOMPRESS') on invalid data, a frame larger than the space left, or
+ * input that ends before `dst` is full.
+ */
+export function zstdDecompressSync(src: Uint8Array, dst: Uint8Array): void {
+  if (!initialized) throw new Qcow2Error('UNSUPPORTED', 'zstd: WebAssembly decoder not initialised');
+  let inPos = 0;
+  let outPos = 0;
+  // Every frame is at least 8 bytes long, so this loop ends within src.length/8 steps.
+  while (outPos < dst.byteLength) {
+    if (inPos >= src.byteLength) {
+      throw decompressError('input ended before the cluster was full', { produced: outPos, expected: dst.byteLength });
+    }
+    const frame = readZstdFrame(src, inPos);
+    if (!frame.skippable) {
+      const room = dst.byteLength - outPos;
+      // The wasm wrapper allocates contentSize bytes: never let the image choose a bigger size.
+      if (frame.contentSize !== undefined && frame.contentSize > room) {
+        throw decompressError('frame is larger than the cluster', { offset: inPos, contentSize: frame.contentSize, room });
+      }
+      let out: Uint8Array;
+      try {
+        out = wasmDecompress(src.subarray(inPos, inPos + frame.length), { defaultHeapSize: room });
+      } catch (cause) {
+        throw decompressError('invalid frame', { offset: inPos }, cause);
+      }
+      if (out.byteLength > room) throw decompressError('frame is larger than the cluster', { offset: inPos, room });
+      dst.set(out, outPos);
+      outPos += out.byteLength;
+    }
+    inPos += frame.length;
+  }
+}
+
+/**
+ * Compress one cluster into a single zstd frame at QEMU's default level. Returns
+ * undefined when the frame would not be smaller than the cluster (QEMU then stores the
+ * cluster uncompressed). Synchronous; the wasm module must be initialised.
+ */
+export function zstdCompressSync(src: Uint8Array): Uint8Array | undefined {
+  if (!initialized) throw new Qcow2Error('UNSUPPORTED', 'zstd: WebAssembly encoder not initialised');
+  const out = wasmCompress(src, ZSTD_DEFAULT_LEVEL);
+  // QEMU's output buffer is cluster_size - 1 bytes; a frame that fits is kept.
+  return out.byteLength < src.byteLength ? out : undefined;
+}
+
+/**
+ * zstd cluster decompressor on the WebAssembly decoder, in the calling thread.
+ *
+ * @example
+ * ```ts
+ * const cluster = new Uint8Array(65536);
+ * await zstdWasmDecompressor.decompress(storedBytes, cluster);
+ * ```
+ */
+export const zstdWasmDecompressor: ClusterDecompressor = {
+  async decompress(src, dst) {
+    await initZstdWasm();
+    zstdDecompressSync(src, dst);
+  },
+};
+
+/**
+ * zstd cluster compressor on the WebAssembly encoder, in the calling thread.
+ *
+ * @example
+ * ```ts
+ * const stored = await zstdWasmCompressor.compress(cluster); // undefined: store raw
+ * ```
+ */
+export const zstdWasmCompressor: ClusterCompressor = {
+  async compress(src) {
+    await initZstdWasm();
+    return zstdCompressSync(src);
+  },
+};

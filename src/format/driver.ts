@@ -1,0 +1,61 @@
+import type { Storage } from '../storage/storage.js';
+
+/**
+ * One run of guest bytes with a single status, as answered by a format driver.
+ * `length` is always > 0 except for `eof`.
+ */
+export type Mapping =
+  /** Stored uncompressed at `hostOffset` in `storage` (the image file or its data file). */
+  | { kind: 'data'; length: number; storage: Storage; hostOffset: number }
+  /**
+   * Reads as zeros. When the zeros sit on allocated host space (a preallocated zero cluster)
+   * `hostOffset`/`storage` say where, as qemu-img map reports them.
+   */
+  | { kind: 'zero'; length: number; storage?: Storage; hostOffset?: number }
+  /** Not allocated in this layer: the backing file decides (zeros when there is none). */
+  | { kind: 'unallocated'; length: number }
+  /**
+   * Inside one compressed cluster. The driver decodes it: `readCompressed(mapping, dst)` fills
+   * `dst` (cluster-sized) with the whole decompressed cluster starting at `clusterGuestOffset`.
+   */
+  | { kind: 'compressed'; length: number; clusterGuestOffset: number; hostOffset: number; compressedLength: number }
+  /** At or past the end of the virtual disk. */
+  | { kind: 'eof'; length: 0 };
+
+export type MappingKind = Mapping['kind'];
+
+/** Facts about a dependency named by an image, for the open policy. */
+export interface DependencyRequest {
+  /** 'backing' for a backing file, 'data-file' for an external data file. */
+  role: 'backing' | 'data-file';
+  /** The name as stored in the image. */
+  name: string;
+  /** The format stored in the image, if any (backing format extension). */
+  format?: string;
+}
+
+/**
+ * Read-side format driver: owns metadata only and answers where guest bytes live.
+ * Drivers never move guest data themselves except to decode compressed clusters.
+ */
+export interface FormatDriver {
+  /** Format name as qemu-img prints it: 'qcow2' or 'raw'. */
+  readonly format: string;
+  /** Virtual disk size in bytes. */
+  readonly size: number;
+  /** Allocation granularity in bytes for map and copy (the cluster size; 512 for raw). */
+  readonly clusterSize: number;
+  /** The storage holding the image's metadata (the file passed to open). */
+  readonly storage: Storage;
+  /** The backing file this image names, if any. */
+  readonly backing: DependencyRequest | undefined;
+  /**
+   * Describe the run starting at `offset`, at most `maxLength` bytes long. Runs may be
+   * shorter than the longest possible; callers loop.
+   */
+  getMapping(offset: number, maxLength: number): Promise<Mapping>;
+  /** Decode the compressed cluster a `compressed` mapping points into. `dst.length === clusterSize`. */
+  readCompressed(mapping: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void>;
+  /** Release caches and close storages the driver opened itself (data file). Not the main storage. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,303 @@
+import type { ClusterDecompressor, CodecSet } from '../../codecs/codec.js';
+import { invalidImage, Qcow2Error } from '../../errors.js';
+import type { Storage } from '../../storage/storage.js';
+import { LruCache } from '../../util/lru-cache.js';
+import { viewOf } from '../../util/bytes.js';
+import type { DependencyRequest, FormatDriver, Mapping } from '../driver.js';
+import { readBitmapDirectory } from './read-bitmaps.js';
+import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './features.js';
+import {
+  decodeCryptoHeader, decodeExtensions, decodeFeatureTable, decodeStringExtension, EXT_BACKING_FORMAT, EXT_BITMAPS,
+  EXT_CRYPTO_HEADER, EXT_DATA_FILE, EXT_FEATURE_TABLE, findExtension,
+} from './header-extensions.js';
+import { decodeBackingName, decodeHeader, V2_HEADER_LENGTH } from './header.js';
+import type { Qcow2Metadata } from './qcow2-metadata.js';
+import { readSnapshotTable } from './read-snapshot-table.js';
+import type { SnapshotEntry } from './snapshot-table.js';
+import { decodeCompressed, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
+import { MAX_L1_BYTES, validateCompressionType, validateHeaderFields, validateIncompatibleFeatures, validateTables } from './validate-header.js';
+
+/** How a qcow2 image is opened. */
+export interface Qcow2OpenOptions {
+  readOnly: boolean;
+  codecs: CodecSet;
+  /** Open the image's external data file (called only when the image names or needs one). */
+  openDataFile?: (request: DependencyRequest) => Promise<Storage>;
+  /** Read the content of this internal snapshot (id or name) instead of the active state. */
+  snapshot?: string;
+  /** L2 cache budget in bytes (default: enough to cover the disk, at most 32 MiB). */
+  l2CacheBytes?: number;
+}
+
+const DEFAULT_L2_CACHE_MAX = 32 << 20;
+const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mapping;
+
+/** Cluster kinds after reading an L2 entry (QEMU's subcluster types). */
+const enum Unit {
+  Unallocated,
+  Zero,
+  ZeroAlloc,
+  Data,
+  Compressed,
+}
+
+/**
+ * Read-side qcow2 driver: parses and validates the header area at open, then answers mapping
+ * queries through an LRU cache of L2 tables.
+ *
+ * @example
+ * ```ts
+ * const drv = await Qcow2Driver.open(storage, { readOnly: true, codecs: jsCodecs });
+ * const m = await drv.getMapping(0, drv.size);
+ * ```
+ */
+export class Qcow2Driver implements FormatDriver {
+  readonly format = 'qcow2';
+  readonly storage: Storage;
+  readonly meta: Qcow2Metadata;
+  readonly size: number;
+  readonly clusterSize: number;
+  readonly backing: DependencyRequest | undefined;
+  /** The snapshot whose content is read, when opened with `snapshot`. */
+  readonly snapshot: SnapshotEntry | undefined;
+  readonly #clusterBits: number;
+  readonly #l1: DataView;
+  readonly #l1Entries: number;
+  readonly #l2Cache: LruCache<number, DataView>;
+  readonly #decompressor: ClusterDecompressor;
+  readonly #ownsDataStorage: boolean;
+
+  private constructor(storage: Storage, meta: Qcow2Metadata, l1: DataView, l1Entries: number, opts: Qcow2OpenOptions, snapshot: SnapshotEntry | undefined) {
+    this.storage = storage;
+    this.meta = meta;
+    this.size = meta.header.size;
+    this.clusterSize = meta.clusterSize;
+    this.#clusterBits = meta.header.clusterBits;
+    this.snapshot = snapshot;
+    this.#l1 = l1;
+    this.#l1Entries = l1Entries;
+    this.backing = meta.backingName === undefined || meta.backingName === ''
+      ? undefined
+      : { role: 'backing', name: meta.backingName, ...(meta.backingFormat !== undefined ? { format: meta.backingFormat } : {}) };
+    const cover = Math.ceil(this.size / meta.clusterSize) * (meta.extendedL2 ? 16 : 8);
+    const budget = opts.l2CacheBytes ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(2 * meta.clusterSize, Math.ceil(cover / meta.clusterSize) * meta.clusterSize));
+    this.#l2Cache = new LruCache(budget, (v) => v.byteLength);
+    this.#decompressor = opts.codecs.decompressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib');
+    this.#ownsDataStorage = meta.dataStorage !== storage;
+  }
+
+  /** Parse, validate and load the metadata needed for reading. */
+  static async open(storage: Storage, opts: Qcow2OpenOptions): Promise<Qcow2Driver> {
+    const fileSize = await storage.size();
+    const first = new Uint8Array(4096);
+    await storage.read(first, 0);
+    let header = decodeHeader(first);
+    validateHeaderFields(header);
+    const clusterSize = 2 ** header.clusterBits;
+    let cluster0 = first;
+    if (clusterSize > first.byteLength) {
+      cluster0 = new Uint8Array(clusterSize);
+      await storage.read(cluster0, 0);
+      header = decodeHeader(cluster0);
+    } else {
+      cluster0 = first.subarray(0, clusterSize);
+    }
+    validateCompressionType(header);
+    const extStart = header.version === 2 ? V2_HEADER_LENGTH : header.headerLength;
+    const extEnd = header.backingFileOffset !== 0 ? header.backingFileOffset : clusterSize;
+    const extensions = decodeExtensions(cluster0, extStart, extEnd);
+    const featureTable = decodeFeatureTable(findExtension(extensions, EXT_FEATURE_TABLE));
+    validateIncompatibleFeatures(header, featureTable, opts.readOnly);
+    const extendedL2 = hasBit(header.incompatibleFeatures, INCOMPAT_EXTL2);
+    const l2Entries = clusterSize / (extendedL2 ? 16 : 8);
+    validateTables(header, l2Entries);
+    if (header.cryptMethod !== 0) {
+      const kind = header.cryptMethod === 1 ? 'aes' : header.cryptMethod === 2 ? 'luks' : `method ${header.cryptMethod}`;
+      throw new Qcow2Error('UNSUPPORTED', `Encrypted images are not supported yet (encryption format: ${kind})`, { cryptMethod: header.cryptMethod });
+    }
+
+    const backingName = decodeBackingName(cluster0, header);
+    const backingFormat = decodeStringExtension(findExtension(extensions, EXT_BACKING_FORMAT));
+    const dataFileName = decodeStringExtension(findExtension(extensions, EXT_DATA_FILE));
+    const hasDataFile = hasBit(header.incompatibleFeatures, INCOMPAT_DATA_FILE);
+    const dataFileRaw = hasBit(header.autoclearFeatures, AUTOCLEAR_DATA_FILE_RAW);
+    let dataStorage = storage;
+    if (hasDataFile) {
+      if (dataFileName === undefined || opts.openDataFile === undefined) {
+        throw new Qcow2Error('INVALID_ARGUMENT', "'data-file' is required for this image", {});
+      }
+      dataStorage = await opts.openDataFile({ role: 'data-file', name: dataFileName });
+    } else if (dataFileName !== undefined) {
+      // QEMU ignores a data file name without the incompatible bit.
+    }
+    if (dataFileRaw && !hasDataFile) throw invalidImage('data-file-raw requires a data file');
+
+    const snapshots = await readSnapshotTable(storage, header.snapshotsOffset, header.nbSnapshots, header.version, clusterSize);
+    const bitmapsExt = findExtension(extensions, EXT_BITMAPS);
+    // Without the autoclear bit the extension is stale (an old writer touched the image): QEMU ignores it.
+    const bitmaps = bitmapsExt === undefined || !hasBit(header.autoclearFeatures, AUTOCLEAR_BITMAPS)
+      ? []
+      : await readBitmapDirectory(storage, bitmapsExt.data, clusterSize, header.size);
+
+    const meta: Qcow2Metadata = {
+      header, clusterSize, l2Entries, extendedL2, extensions, featureTable, backingName, backingFormat,
+      dataFileName: hasDataFile ? dataFileName : undefined, dataFileRaw,
+      crypto: decodeCryptoHeader(findExtension(extensions, EXT_CRYPTO_HEADER)), snapshots, bitmaps, dataStorage,
+    };
+
+    let l1Offset = header.l1TableOffset;
+    let l1Size = header.l1Size;
+    let snapshot: SnapshotEntry | undefined;
+    if (opts.snapshot !== undefined) {
+      snapshot = findSnapshot(snapshots, opts.snapshot);
+      if (snapshot === undefined) throw new Qcow2Error('INVALID_ARGUMENT', `Can't find snapshot '${opts.snapshot}'`, { snapshot: opts.snapshot });
+      if (snapshot.l1Size > MAX_L1_BYTES / 8) throw invalidImage('Snapshot L1 table too large');
+      if (snapshot.l1TableOffset % clusterSize !== 0) throw invalidImage('Snapshot L1 table offset invalid');
+      l1Offset = snapshot.l1TableOffset;
+      l1Size = snapshot.l1Size;
+    }
+    void fileSize;
+    const l1Bytes = new Uint8Array(l1Size * 8);
+    if (l1Size > 0) await storage.read(l1Bytes, l1Offset);
+    return new Qcow2Driver(storage, meta, viewOf(l1Bytes), l1Size, opts, snapshot);
+  }
+
+  async getMapping(offset: number, maxLength: number): Promise<Mapping> {
+    if (offset >= this.size || maxLength <= 0) return EOF_MAPPING;
+    const cs = this.clusterSize;
+    const bits = this.#clusterBits;
+    const l2Entries = this.meta.l2Entries;
+    const clusterIndex = Math.floor(offset / cs);
+    const l1Index = Math.floor(clusterIndex / l2Entries);
+    const l2Span = l2Entries * cs;
+    const end = Math.min(offset + maxLength, this.size, (l1Index + 1) * l2Span);
+    const l2Offset = l1Index < this.#l1Entries ? entryOffset(this.#l1.getUint32(l1Index * 8), this.#l1.getUint32(l1Index * 8 + 4)) : 0;
+    if (l2Offset === 0) return { kind: 'unallocated', length: end - offset };
+    if (l2Offset % cs !== 0) {
+      throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
+    }
+    const table = await this.#loadL2(l2Offset);
+    const ext = this.meta.extendedL2;
+    const unitBits = ext ? bits - 5 : bits;
+    const unit = 2 ** unitBits;
+    const l2Base = l1Index * l2Span;
+
+    let pos = offset;
+    let first = true;
+    let kind = Unit.Unallocated;
+    let expectHost = 0;
+    let hostful = false;
+    while (pos < end) {
+      const rel = pos - l2Base;
+      const l2Index = Math.floor(rel / cs);
+      const e = ext ? l2Index * 16 : l2Index * 8;
+      const hi = table.getUint32(e);
+      const lo = table.getUint32(e + 4);
+      const sub = ext ? Math.floor((rel % cs) / unit) : 0;
+      const k = this.#classify(hi, lo, ext ? table.getUint32(e + 8) : 0, ext ? table.getUint32(e + 12) : 0, sub, l2Offset, l2Index);
+      const unitStart = l2Base + l2Index * cs + sub * unit;
+      if (k === Unit.Compressed) {
+        if (!first) break;
+        const d = decodeCompressed(hi, lo, bits);
+        const clusterStart = l2Base + l2Index * cs;
+        return { kind: 'compressed', length: Math.min(end, clusterStart + cs) - pos, clusterGuestOffset: clusterStart, hostOffset: d.hostOffset, compressedLength: d.length };
+      }
+      const hasHost = k === Unit.Data || k === Unit.ZeroAlloc;
+      const host = hasHost ? this.#hostOffset(hi, lo, l2Offset, l2Index) + sub * unit + (pos - unitStart) : 0;
+      if (first) {
+        kind = k;
+        hostful = hasHost;
+        expectHost = host;
+        first = false;
+      } else if (k !== kind || (hostful && host !== expectHost)) {
+        break;
+      }
+      const next = Math.min(end, unitStart + unit);
+      expectHost += next - pos;
+      pos = next;
+    }
+    const length = pos - offset;
+    switch (kind) {
+      case Unit.Data:
+        return { kind: 'data', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
+      case Unit.ZeroAlloc:
+        return { kind: 'zero', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
+      case Unit.Zero:
+        return { kind: 'zero', length };
+      default:
+        return { kind: 'unallocated', length };
+    }
+  }
+
+  async readCompressed(m: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void> {
+    const src = new Uint8Array(m.compressedLength);
+    await this.storage.read(src, m.hostOffset);
+    try {
+      await this.#decompressor.decompress(src, dst);
+    } catch (e) {
+      if (e instanceof Qcow2Error) {
+        throw new Qcow2Error(e.code, `Could not read compressed cluster at guest offset ${m.clusterGuestOffset} (host offset ${hex(m.hostOffset)}): ${e.message}`, { ...e.context, hostOffset: m.hostOffset }, { cause: e });
+      }
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#l2Cache.clear();
+    if (this.#ownsDataStorage) await this.meta.dataStorage.close();
+  }
+
+  #loadL2(l2Offset: number): Promise<DataView> | DataView {
+    return this.#l2Cache.get(l2Offset, async () => {
+      const buf = new Uint8Array(this.clusterSize);
+      await this.storage.read(buf, l2Offset);
+      return viewOf(buf);
+    });
+  }
+
+  #hostOffset(hi: number, lo: number, l2Offset: number, l2Index: number): number {
+    const off = entryOffset(hi, lo);
+    if (off % this.clusterSize !== 0) {
+      throw new Qcow2Error('CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index, offset: off });
+    }
+    return off;
+  }
+
+  #classify(hi: number, lo: number, bmHi: number, bmLo: number, sub: number, l2Offset: number, l2Index: number): Unit {
+    if (isCompressed(hi)) {
+      if (this.meta.dataStorage !== this.storage) {
+        throw new Qcow2Error('CORRUPT', `Compressed cluster in an image with an external data file (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index });
+      }
+      return Unit.Compressed;
+    }
+    const offset = entryOffset(hi, lo);
+    const allocated = offset !== 0 || (this.#ownsDataStorage && isCopied(hi));
+    if (!this.meta.extendedL2) {
+      if (isZeroFlag(lo)) return allocated ? Unit.ZeroAlloc : Unit.Zero;
+      return allocated ? Unit.Data : Unit.Unallocated;
+    }
+    // Extended L2: bitmap low word = allocated subclusters, high word = zero subclusters.
+    const allocBit = (bmLo >>> sub) & 1;
+    const zeroBit = (bmHi >>> sub) & 1;
+    if (allocated) {
+      if ((bmHi & bmLo) !== 0) throw invalidEntry(l2Offset, l2Index);
+      if (zeroBit) return Unit.ZeroAlloc;
+      return allocBit ? Unit.Data : Unit.Unallocated;
+    }
+    if (bmLo !== 0) throw invalidEntry(l2Offset, l2Index);
+    return zeroBit ? Unit.Zero : Unit.Unallocated;
+  }
+}
+
+function invalidEntry(l2Offset: number, l2Index: number): Qcow2Error {
+  return new Qcow2Error('CORRUPT', `Invalid cluster entry found (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index });
+}
+
+function hex(n: number): string {
+  return '0x' + n.toString(16);
+}
+
+/** Find a snapshot by id first, then by name, as QEMU does for `-l` and `snapshot -a`. */
+export function findSnapshot(snapshots: readonly SnapshotEntry[], idOrName: string): SnapshotEntry | undefined {
+  return snapshots.find((s) => s.id === idOrName) ?? snapshots.find((s) => s.name === idOrName);
+}

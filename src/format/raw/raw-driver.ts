@@ -1,0 +1,45 @@
+import type { DependencyRequest, FormatDriver, Mapping } from '../driver.js';
+import type { Storage } from '../../storage/storage.js';
+import { Qcow2Error } from '../../errors.js';
+
+/**
+ * The raw format: guest offset = host offset, everything is data. Hole detection would need
+ * lseek(SEEK_DATA), which neither Node's fs nor browsers offer, so holes map as data.
+ *
+ * @example
+ * ```ts
+ * const drv = await RawDriver.open(storage);
+ * ```
+ */
+export class RawDriver implements FormatDriver {
+  readonly format = 'raw';
+  readonly clusterSize = 512;
+  readonly backing: DependencyRequest | undefined = undefined;
+  readonly storage: Storage;
+  readonly size: number;
+  readonly #fileSize: number;
+
+  private constructor(storage: Storage, fileSize: number) {
+    this.storage = storage;
+    this.#fileSize = fileSize;
+    this.size = Math.ceil(fileSize / 512) * 512;
+  }
+
+  static async open(storage: Storage): Promise<RawDriver> {
+    return new RawDriver(storage, await storage.size());
+  }
+
+  async getMapping(offset: number, maxLength: number): Promise<Mapping> {
+    if (offset >= this.size || maxLength <= 0) return { kind: 'eof', length: 0 };
+    // Like QEMU, the virtual size is the file size rounded up to whole sectors; the tail of the
+    // last sector reads as zeros.
+    if (offset >= this.#fileSize) return { kind: 'zero', length: Math.min(maxLength, this.size - offset), storage: this.storage, hostOffset: offset };
+    return { kind: 'data', length: Math.min(maxLength, this.#fileSize - offset), storage: this.storage, hostOffset: offset };
+  }
+
+  async readCompressed(): Promise<void> {
+    throw new Qcow2Error('INVALID_ARGUMENT', 'raw images have no compressed clusters');
+  }
+
+  async close(): Promise<void> {}
+}

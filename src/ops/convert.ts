@@ -1,0 +1,252 @@
+import { Qcow2Error } from '../errors.js';
+import type { ImageReader } from '../image/types.js';
+import { ConcatSource, MAX_STATUS_QUERY, type SourceRunKind } from './concat-source.js';
+import type { ConvertTarget } from './convert-target.js';
+import { OrderGate } from './order-gate.js';
+import { allocatedRunMin, SECTOR, wordsOf } from './sector-scan.js';
+
+/** Options for {@link convertImage}; the names follow qemu-img convert's flags. */
+export interface ConvertOptions {
+  /**
+   * `-S`: zero runs inside data of at least this many bytes become holes (or zero writes).
+   * A multiple of 512 up to 16 MiB; 0 writes every byte, zeros included. Default 4096.
+   */
+  minSparse?: number;
+  /** `-m`: requests in flight, 1..16. Default 8. */
+  parallel?: number;
+  /** Keep writes in ascending order (`-W` turns this off). Default: what the target prefers. */
+  inOrder?: boolean;
+  /** Bytes per read request, a multiple of 512. Default 2 MiB, as qemu-img. */
+  bufferSize?: number;
+  /**
+   * Called with the percentage done, computed as qemu-img does: share of the data bytes
+   * (plus zero bytes when `minSparse` is 0) handed to a worker, in single precision.
+   * Ends with 100 on success.
+   */
+  progress?: (percent: number) => void;
+}
+
+/** What a conversion did, for callers and tests. */
+export interface ConvertResult {
+  /** Guest bytes copied (size of the concatenated sources). */
+  size: number;
+  /** Bytes read from the sources. */
+  bytesRead: number;
+  /** Bytes written as data to the target. */
+  bytesWritten: number;
+  /** Bytes the target was asked to zero (only when it is not zero-initialized). */
+  bytesZeroed: number;
+}
+
+/** qemu-img convert's limits. */
+export const MAX_PARALLEL = 16;
+export const MAX_MIN_SPARSE = 32768 * SECTOR;
+const DEFAULT_BUFFER = 2 * 1024 * 1024;
+
+interface Job {
+  seq: number;
+  offset: number;
+  length: number;
+  kind: SourceRunKind;
+}
+
+/** Walks the source's block status and cuts it into jobs the way qemu-img does. */
+class JobCutter {
+  readonly #source: ConcatSource;
+  readonly #bufferSize: number;
+  readonly #zeroAsData: boolean;
+  #pos = 0;
+  #runEnd = 0;
+  #kind: SourceRunKind = 'data';
+  #seq = 0;
+
+  constructor(source: ConcatSource, bufferSize: number, zeroAsData: boolean) {
+    this.#source = source;
+    this.#bufferSize = bufferSize;
+    this.#zeroAsData = zeroAsData;
+  }
+
+  async next(): Promise<Job | undefined> {
+    const size = this.#source.size;
+    if (this.#pos >= size) return undefined;
+    if (this.#pos >= this.#runEnd) {
+      const run = await statusAt(this.#source, this.#pos, Math.min(size - this.#pos, MAX_STATUS_QUERY));
+      this.#kind = run.kind;
+      this.#runEnd = this.#pos + run.length;
+    }
+    let length = this.#runEnd - this.#pos;
+    // Data goes through a buffer; so do zeros that must be written out in full (-S 0).
+    if (this.#kind === 'data' || this.#zeroAsData) length = Math.min(length, this.#bufferSize);
+    const job: Job = { seq: this.#seq++, offset: this.#pos, length, kind: this.#kind };
+    this.#pos += length;
+    return job;
+  }
+}
+
+async function statusAt(source: ConcatSource, offset: number, maxLength: number): Promise<{ kind: SourceRunKind; length: number }> {
+  try {
+    return await source.status(offset, maxLength);
+  } catch (e) {
+    throw wrapError(e, `error while reading block status at offset ${offset}`, offset, 'status');
+  }
+}
+
+function wrapError(e: unknown, what: string, offset: number, stage: string): Qcow2Error {
+  const message = e instanceof Error ? e.message : String(e);
+  const code = e instanceof Qcow2Error ? e.code : 'IO';
+  return new Qcow2Error(code, `${what}: ${message}`, { offset, stage }, { cause: e });
+}
+
+/**
+ * Copy the guest content of `sources` (concatenated, as `qemu-img convert a b out` does)
+ * into `target`. Block status drives it: zero ranges are never read, and on a
+ * zero-initialized target never written either; data is read in 2 MiB requests with several
+ * in flight, and zero sectors inside data are skipped with qemu-img's `-S` rules. Memory is
+ * bounded by `parallel` buffers.
+ *
+ * @example
+ * ```ts
+ * const src = await openImageFile('disk.qcow2', { readOnly: true });
+ * const out = await NodeFileStorage.open('disk.raw', { create: true, truncate: true });
+ * await out.resize(src.size);
+ * await convertImage([src], createRawTarget(out, { size: src.size, zeroInitialized: true }));
+ * ```
+ */
+export async function convertImage(
+  sources: readonly ImageReader[] | ConcatSource,
+  target: ConvertTarget,
+  options: ConvertOptions = {},
+): Promise<ConvertResult> {
+  const source = sources instanceof ConcatSource ? sources : new ConcatSource(sources);
+  const minSparse = options.minSparse ?? 4096;
+  const parallel = options.parallel ?? 8;
+  const bufferSize = options.bufferSize ?? DEFAULT_BUFFER;
+  if (!Number.isInteger(minSparse) || minSparse < 0 || minSparse % SECTOR !== 0 || minSparse > MAX_MIN_SPARSE) {
+    throw new Qcow2Error('INVALID_ARGUMENT', `Invalid sparse size ${minSparse}: a multiple of 512 up to ${MAX_MIN_SPARSE} is needed`);
+  }
+  if (!Number.isInteger(parallel) || parallel < 1 || parallel > MAX_PARALLEL) {
+    throw new Qcow2Error('INVALID_ARGUMENT', `Invalid number of parallel requests ${parallel}: 1 to ${MAX_PARALLEL} allowed`);
+  }
+  if (!Number.isInteger(bufferSize) || bufferSize < SECTOR || bufferSize % SECTOR !== 0 || bufferSize > MAX_MIN_SPARSE) {
+    throw new Qcow2Error('INVALID_ARGUMENT', `Invalid buffer size ${bufferSize}`);
+  }
+  if (target.size < source.size) {
+    throw new Qcow2Error('INVALID_ARGUMENT', 'output file is smaller than input file', { target: target.size, source: source.size });
+  }
+  const minSectors = minSparse / SECTOR;
+  // qemu aligns zero/data splits to the sparse granularity (its target's request alignment is 1 sector).
+  const alignment = Math.max(minSectors === 0 ? 1 : 2 ** Math.floor(Math.log2(minSectors)), 1);
+  const zeroAsData = minSparse === 0;
+  const inOrder = options.inOrder ?? target.prefersInOrderWrites;
+  const result: ConvertResult = { size: source.size, bytesRead: 0, bytesWritten: 0, bytesZeroed: 0 };
+
+  const progress = options.progress;
+  let allocatedTotal = 0;
+  let allocatedDone = 0;
+  if (progress) {
+    // qemu-img's first pass: how many bytes will count towards 100%.
+    const counter = new JobCutter(source, bufferSize, zeroAsData);
+    for (let job = await counter.next(); job; job = await counter.next()) {
+      if (job.kind === 'data' || zeroAsData) allocatedTotal += job.length;
+    }
+  }
+
+  const cutter = new JobCutter(source, bufferSize, zeroAsData);
+  let queue: Promise<unknown> = Promise.resolve();
+  let failure: unknown;
+  let failed = false;
+  const gate = new OrderGate();
+
+  // Jobs are cut one at a time (block status is sequential); the rest runs in parallel.
+  const nextJob = (): Promise<Job | undefined> => {
+    const p = queue.then(() => (failed ? undefined : cutter.next()));
+    queue = p.catch(() => undefined);
+    return p;
+  };
+
+  const fail = (e: unknown): void => {
+    if (!failed) {
+      failed = true;
+      failure = e;
+      gate.release();
+    }
+  };
+
+  const writeData = async (buf: Uint8Array, words: Int32Array, job: Job): Promise<void> => {
+    if (zeroAsData) {
+      await target.write(buf.subarray(0, job.length), job.offset);
+      result.bytesWritten += job.length;
+      return;
+    }
+    const sectors = job.length / SECTOR;
+    const sectorNum = job.offset / SECTOR;
+    let first = 0;
+    while (first < sectors) {
+      const run = allocatedRunMin(words, first, sectors - first, sectorNum + first, minSectors, alignment);
+      const n = run < 0 ? -run : run;
+      const start = first * SECTOR;
+      const end = (first + n) * SECTOR;
+      if (run > 0) {
+        await target.write(buf.subarray(start, end), job.offset + start);
+        result.bytesWritten += end - start;
+      } else if (!target.zeroInitialized) {
+        await target.writeZeroes(job.offset + start, end - start);
+        result.bytesZeroed += end - start;
+      }
+      first += n;
+    }
+  };
+
+  const worker = async (): Promise<void> => {
+    let buf: Uint8Array | undefined;
+    let words: Int32Array | undefined;
+    for (;;) {
+      let job: Job | undefined;
+      try {
+        job = await nextJob();
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      if (!job || failed) return;
+      if (progress && (job.kind === 'data' || zeroAsData)) {
+        allocatedDone += job.length;
+        progress(Math.fround((100 * allocatedDone) / allocatedTotal));
+      }
+      let stage = 'read';
+      try {
+        if (job.kind === 'data' || zeroAsData) {
+          buf ??= new Uint8Array(bufferSize);
+          words ??= wordsOf(buf);
+          if (job.kind === 'data') {
+            await source.read(buf.subarray(0, job.length), job.offset);
+            result.bytesRead += job.length;
+          } else {
+            buf.fill(0, 0, job.length);
+          }
+        }
+        const wait = inOrder ? gate.turn(job.seq) : undefined;
+        if (wait) await wait;
+        if (failed) return;
+        stage = 'write';
+        if (job.kind === 'data' || zeroAsData) {
+          await writeData(buf!, words!, job);
+        } else if (!target.zeroInitialized) {
+          await target.writeZeroes(job.offset, job.length);
+          result.bytesZeroed += job.length;
+        }
+        if (inOrder) gate.done(job.seq);
+      } catch (e) {
+        fail(wrapError(e, `error while ${stage === 'read' ? 'reading' : 'writing'} at byte ${job.offset}`, job.offset, stage));
+        return;
+      }
+    }
+  };
+
+  const workers: Promise<void>[] = [];
+  for (let i = 0; i < parallel; i++) workers.push(worker());
+  await Promise.all(workers);
+  if (failed) throw failure;
+  if (progress) progress(100);
+  return result;
+}
