@@ -300,6 +300,8 @@ async function createRawFile(name: string, fmt: string, size: number): Promise<N
   }
   try {
     await file.resize(size);
+    // Like QEMU's file-posix create: allocate the first block, so the output's holes match.
+    if (size > 0) await file.write(new Uint8Array(size < 4096 ? 512 : 4096), 0);
   } catch (e) {
     await file.close();
     throw e;

@@ -34,6 +34,26 @@ export interface DependencyRequest {
   format?: string;
 }
 
+/** Reads what the backing chain shows at a guest offset (zeros past its end or without one). */
+export type BelowReader = (dst: Uint8Array, guestOffset: number) => Promise<void>;
+
+/**
+ * Write side of a driver. The engine serialises writes to overlapping guest clusters, so a
+ * writer never sees two requests racing on one cluster.
+ */
+export interface DriverWriter {
+  /** Store guest data, allocating and copying on write as needed. */
+  writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void>;
+  /** Make the range read as zeros; `unmap` allows freeing the host space. */
+  writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void>;
+  /** Hint that a range is unused (whole clusters; the result reads as zeros or as the backing file). */
+  discard(offset: number, length: number): Promise<void>;
+  /** Make all completed writes durable. */
+  flush(): Promise<void>;
+  /** Flush and leave the image clean. */
+  close(): Promise<void>;
+}
+
 /**
  * Read-side format driver: owns metadata only and answers where guest bytes live.
  * Drivers never move guest data themselves except to decode compressed clusters.
@@ -56,6 +76,8 @@ export interface FormatDriver {
   getMapping(offset: number, maxLength: number): Promise<Mapping>;
   /** Decode the compressed cluster a `compressed` mapping points into. `dst.length === clusterSize`. */
   readCompressed(mapping: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void>;
+  /** Present when the image was opened writable. */
+  readonly writer?: DriverWriter | undefined;
   /** Release caches and close storages the driver opened itself (data file). Not the main storage. */
   close(): Promise<void>;
 }

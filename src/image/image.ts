@@ -1,5 +1,6 @@
 import { Qcow2Error } from '../errors.js';
-import type { FormatDriver, Mapping } from '../format/driver.js';
+import type { DriverWriter, FormatDriver, Mapping } from '../format/driver.js';
+import { RangeLock } from '../util/range-lock.js';
 import { LruCache } from '../util/lru-cache.js';
 import type { BlockStatus, ImageReader } from './types.js';
 
@@ -103,8 +104,69 @@ export class Image implements ImageReader {
     }
   }
 
+  /** True when the image was opened writable. */
+  get writable(): boolean {
+    return this.driver.writer !== undefined;
+  }
+
+  /**
+   * Write guest data. Concurrent writes to overlapping clusters are serialised; everything
+   * else runs in parallel.
+   *
+   * @example
+   * ```ts
+   * await image.write(new Uint8Array(4096).fill(0xab), 65536);
+   * await image.flush();
+   * ```
+   */
+  async write(src: Uint8Array, offset: number): Promise<void> {
+    checkRange(offset, src.byteLength, this.size);
+    if (src.byteLength === 0) return;
+    await this.#locked(offset, src.byteLength, (w) => w.writeData(offset, src, this.#below));
+  }
+
+  /** Make a range read as zeros. With `unmap`, host space may be released. */
+  async writeZeroes(offset: number, length: number, options: { unmap?: boolean } = {}): Promise<void> {
+    checkRange(offset, length, this.size);
+    if (length === 0) return;
+    await this.#locked(offset, length, (w) => w.writeZeroes(offset, length, options.unmap ?? false, this.#below));
+  }
+
+  /** Discard whole clusters in the range (partial clusters are left as they are, like QEMU). */
+  async discard(offset: number, length: number): Promise<void> {
+    checkRange(offset, length, this.size);
+    if (length === 0) return;
+    await this.#locked(offset, length, (w) => w.discard(offset, length));
+  }
+
+  /** Make completed writes durable. */
+  async flush(): Promise<void> {
+    await this.driver.writer?.flush();
+  }
+
+  readonly #ranges = new RangeLock();
+
+  async #locked(offset: number, length: number, fn: (w: DriverWriter) => Promise<void>): Promise<void> {
+    const w = this.driver.writer;
+    if (w === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only', {});
+    const cs = this.driver.clusterSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const release = await this.#ranges.acquire(first, last);
+    try {
+      await fn(w);
+    } finally {
+      for (let c = first; c <= last; c++) this.#clusters.delete(c * cs);
+      release();
+    }
+  }
+
+  /** What the layers below show, for copy-on-write. */
+  readonly #below = (dst: Uint8Array, offset: number): Promise<void> => this.#readBelow(dst, offset);
+
   async close(): Promise<void> {
     this.#clusters.clear();
+    await this.driver.writer?.close();
     await this.driver.close();
     await this.driver.storage.close();
     await this.backing?.close();

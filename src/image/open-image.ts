@@ -58,7 +58,7 @@ export async function openImage(storage: Storage, options: OpenImageOptions = {}
     const driver = await openDriver(st, fmt, {
       readOnly: top ? (options.readOnly ?? true) : true,
       codecs,
-      openDataFile: async (req) => (await openDependency(policy, req, st, true)).storage,
+      openDataFile: async (req) => (await openDependency(policy, req, st, top ? (options.readOnly ?? true) : true)).storage,
       ...(top && options.snapshot !== undefined ? { snapshot: options.snapshot } : {}),
       ...(options.l2CacheBytes !== undefined ? { l2CacheBytes: options.l2CacheBytes } : {}),
     });

@@ -60,7 +60,15 @@ export function allocatedRun(words: Int32Array, first: number, n: number, sector
   if (n <= 0) return 0;
   let isZero = sectorIsZero(words, first);
   let i = 1;
-  while (i < n && sectorIsZero(words, first + i) === isZero) i++;
+  if (isZero) {
+    while (i < n && sectorIsZero(words, first + i)) i++;
+  } else {
+    // Data sectors almost always have a non-zero first or last word: one or two loads each.
+    for (let w = (first + 1) * WORDS_PER_SECTOR; i < n; i++, w += WORDS_PER_SECTOR) {
+      if (words[w] !== 0 || words[w + WORDS_PER_SECTOR - 1] !== 0) continue;
+      if (sectorIsZero(words, first + i)) break;
+    }
+  }
   // The whole range has one state: no reason to split it.
   if (i === n) return isZero ? -i : i;
   const tail = (sectorNum + i) & (alignment - 1);

@@ -86,11 +86,11 @@ async function mixedImage(t: TestContext, opts: string[] = []): Promise<string> 
     'write -P 0 2M 1M', // data clusters holding zeros: sparse detection makes them holes
     'write -z 4M 1M', // zero clusters
     'write -P 0x11 6M 3M',
-    'write -P 0x22 6M+4k 512', // a single sector inside data
-    'write -P 0 7M+8k 6k', // zero run inside data, longer than 4k
-    'write -P 0 8M+8k 2k', // shorter than 4k: stays data
-    'write -P 0x33 12M-512 1k', // crosses a cluster boundary
-    'write -P 0x44 20M+3k 5k',
+    'write -P 0x22 6295552 512', // a single sector inside data
+    'write -P 0 7348224 6k', // zero run inside data, longer than 4k
+    'write -P 0 8396800 2k', // shorter than 4k: stays data
+    'write -P 0x33 12582400 1k', // crosses a cluster boundary
+    'write -P 0x44 20974592 5k',
     'discard 6M 64k',
     'write -P 0x55 47M 1M', // last cluster
   ]);
@@ -103,6 +103,18 @@ describe('convert -O raw matches qemu-img', () => {
     const dir = await mixedImage(t);
     await sameConvert(dir, ['-O', 'raw', 'img.qcow2']);
     await sameConvert(dir, ['img.qcow2']); // -O raw is the default
+  });
+
+  test('an image starting with a hole (qemu allocates the first block of a new raw file)', async (t) => {
+    if (!requireQemu(t)) return;
+    const dir = await tempDir(t);
+    await must('qemu-img', ['create', '-f', 'qcow2', 'img.qcow2', '16M'], { cwd: dir });
+    await qemuIoWrite(join(dir, 'img.qcow2'), ['write -P 0x11 6M 3M', 'write -P 0 7348224 6k']);
+    await sameConvert(dir, ['img.qcow2']);
+    await must('qemu-img', ['create', '-f', 'qcow2', 'tiny.qcow2', '1536'], { cwd: dir });
+    await sameConvert(dir, ['tiny.qcow2']);
+    await must('qemu-img', ['create', '-f', 'qcow2', 'empty.qcow2', '0'], { cwd: dir });
+    await sameConvert(dir, ['empty.qcow2']);
   });
 
   test('small clusters and extended L2 (subclusters)', async (t) => {

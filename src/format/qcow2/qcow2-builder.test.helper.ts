@@ -105,7 +105,12 @@ export function buildQcow2(o: BuildOptions): Uint8Array {
   for (const [i, off] of l2At) writeU64Parts(l1, i * 8, (0x80000000 | Math.floor(off / 2 ** 32)) >>> 0, off >>> 0);
   for (const [i, v] of l2Words) out.set(new Uint8Array(v.buffer), l2At.get(i)!);
   for (const c of chunks) out.set(c.bytes, c.offset);
-  writeU64(viewOf(out), cs, 2 * cs); // reftable -> refblock (not needed for reads; keeps the image plausible)
+  // Refcount 1 for every cluster in use (16-bit refcounts, one refblock), so writes can allocate.
+  writeU64(viewOf(out), cs, 2 * cs);
+  const refblock = viewOf(out.subarray(2 * cs, 3 * cs));
+  const clusters = Math.ceil(total / cs);
+  if (clusters > cs / 2) throw new Error('test image too large for one refblock');
+  for (let c = 0; c < clusters; c++) refblock.setUint16(c * 2, 1);
   return out;
 }
 

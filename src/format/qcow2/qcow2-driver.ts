@@ -1,7 +1,7 @@
-import type { ClusterDecompressor, CodecSet } from '../../codecs/codec.js';
+import type { CodecSet } from '../../codecs/codec.js';
 import { invalidImage, Qcow2Error } from '../../errors.js';
 import type { Storage } from '../../storage/storage.js';
-import { LruCache } from '../../util/lru-cache.js';
+import { AsyncMutex } from '../../util/async-mutex.js';
 import { viewOf } from '../../util/bytes.js';
 import type { DependencyRequest, FormatDriver, Mapping } from '../driver.js';
 import { readBitmapDirectory } from './read-bitmaps.js';
@@ -13,6 +13,10 @@ import {
 import { decodeBackingName, decodeHeader, V2_HEADER_LENGTH } from './header.js';
 import type { Qcow2Metadata } from './qcow2-metadata.js';
 import { readSnapshotTable } from './read-snapshot-table.js';
+import { Refcounts } from './refcounts.js';
+import type { Qcow2State } from './qcow2-state.js';
+import { TableCache } from './table-cache.js';
+import { Qcow2Writer } from './qcow2-writer.js';
 import type { SnapshotEntry } from './snapshot-table.js';
 import { decodeCompressed, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 import { MAX_L1_BYTES, validateCompressionType, validateHeaderFields, validateIncompatibleFeatures, validateTables } from './validate-header.js';
@@ -60,30 +64,32 @@ export class Qcow2Driver implements FormatDriver {
   readonly backing: DependencyRequest | undefined;
   /** The snapshot whose content is read, when opened with `snapshot`. */
   readonly snapshot: SnapshotEntry | undefined;
+  /** Shared with the write path. */
+  readonly state: Qcow2State;
+  readonly writer: Qcow2Writer | undefined;
   readonly #clusterBits: number;
-  readonly #l1: DataView;
-  readonly #l1Entries: number;
-  readonly #l2Cache: LruCache<number, DataView>;
-  readonly #decompressor: ClusterDecompressor;
   readonly #ownsDataStorage: boolean;
 
-  private constructor(storage: Storage, meta: Qcow2Metadata, l1: DataView, l1Entries: number, opts: Qcow2OpenOptions, snapshot: SnapshotEntry | undefined) {
+  private constructor(storage: Storage, meta: Qcow2Metadata, l1: DataView, l1Entries: number, opts: Qcow2OpenOptions, snapshot: SnapshotEntry | undefined, refcounts: Refcounts | undefined) {
     this.storage = storage;
     this.meta = meta;
     this.size = meta.header.size;
     this.clusterSize = meta.clusterSize;
     this.#clusterBits = meta.header.clusterBits;
     this.snapshot = snapshot;
-    this.#l1 = l1;
-    this.#l1Entries = l1Entries;
     this.backing = meta.backingName === undefined || meta.backingName === ''
       ? undefined
       : { role: 'backing', name: meta.backingName, ...(meta.backingFormat !== undefined ? { format: meta.backingFormat } : {}) };
     const cover = Math.ceil(this.size / meta.clusterSize) * (meta.extendedL2 ? 16 : 8);
     const budget = opts.l2CacheBytes ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(2 * meta.clusterSize, Math.ceil(cover / meta.clusterSize) * meta.clusterSize));
-    this.#l2Cache = new LruCache(budget, (v) => v.byteLength);
-    this.#decompressor = opts.codecs.decompressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib');
+    this.state = {
+      storage, meta, clusterSize: meta.clusterSize, clusterBits: meta.header.clusterBits, l1, l1Entries, l1Dirty: false,
+      l2: new TableCache(storage, meta.clusterSize, budget),
+      decompressor: opts.codecs.decompressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib'),
+      refcounts, lock: new AsyncMutex(), headerDirty: false, readOnly: opts.readOnly,
+    };
     this.#ownsDataStorage = meta.dataStorage !== storage;
+    this.writer = opts.readOnly ? undefined : new Qcow2Writer(this.state, this.backing !== undefined);
   }
 
   /** Parse, validate and load the metadata needed for reading. */
@@ -159,7 +165,14 @@ export class Qcow2Driver implements FormatDriver {
     void fileSize;
     const l1Bytes = new Uint8Array(l1Size * 8);
     if (l1Size > 0) await storage.read(l1Bytes, l1Offset);
-    return new Qcow2Driver(storage, meta, viewOf(l1Bytes), l1Size, opts, snapshot);
+    let refcounts: Refcounts | undefined;
+    if (!opts.readOnly) {
+      if (snapshot !== undefined) throw new Qcow2Error('INVALID_ARGUMENT', 'Snapshots can only be opened read-only', {});
+      refcounts = await Refcounts.open(storage, header.clusterBits, header.refcountOrder, { offset: header.refcountTableOffset, clusters: header.refcountTableClusters });
+    }
+    const driver = new Qcow2Driver(storage, meta, viewOf(l1Bytes), l1Size, opts, snapshot, refcounts);
+    await driver.writer?.prepare();
+    return driver;
   }
 
   async getMapping(offset: number, maxLength: number): Promise<Mapping> {
@@ -171,12 +184,13 @@ export class Qcow2Driver implements FormatDriver {
     const l1Index = Math.floor(clusterIndex / l2Entries);
     const l2Span = l2Entries * cs;
     const end = Math.min(offset + maxLength, this.size, (l1Index + 1) * l2Span);
-    const l2Offset = l1Index < this.#l1Entries ? entryOffset(this.#l1.getUint32(l1Index * 8), this.#l1.getUint32(l1Index * 8 + 4)) : 0;
+    const { l1, l1Entries } = this.state;
+    const l2Offset = l1Index < l1Entries ? entryOffset(l1.getUint32(l1Index * 8), l1.getUint32(l1Index * 8 + 4)) : 0;
     if (l2Offset === 0) return { kind: 'unallocated', length: end - offset };
     if (l2Offset % cs !== 0) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
-    const table = await this.#loadL2(l2Offset);
+    const table = viewOf(await this.state.l2.get(l2Offset));
     const ext = this.meta.extendedL2;
     const unitBits = ext ? bits - 5 : bits;
     const unit = 2 ** unitBits;
@@ -233,7 +247,7 @@ export class Qcow2Driver implements FormatDriver {
     const src = new Uint8Array(m.compressedLength);
     await this.storage.read(src, m.hostOffset);
     try {
-      await this.#decompressor.decompress(src, dst);
+      await this.state.decompressor.decompress(src, dst);
     } catch (e) {
       if (e instanceof Qcow2Error) {
         throw new Qcow2Error(e.code, `Could not read compressed cluster at guest offset ${m.clusterGuestOffset} (host offset ${hex(m.hostOffset)}): ${e.message}`, { ...e.context, hostOffset: m.hostOffset }, { cause: e });
@@ -243,16 +257,8 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   async close(): Promise<void> {
-    this.#l2Cache.clear();
+    this.state.l2.clear();
     if (this.#ownsDataStorage) await this.meta.dataStorage.close();
-  }
-
-  #loadL2(l2Offset: number): Promise<DataView> | DataView {
-    return this.#l2Cache.get(l2Offset, async () => {
-      const buf = new Uint8Array(this.clusterSize);
-      await this.storage.read(buf, l2Offset);
-      return viewOf(buf);
-    });
   }
 
   #hostOffset(hi: number, lo: number, l2Offset: number, l2Index: number): number {

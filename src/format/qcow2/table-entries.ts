@@ -69,3 +69,20 @@ export interface SubclusterBitmap {
   alloc: number;
   zero: number;
 }
+
+export const COPIED_HI = 0x80000000;
+export const ZERO_LO = 1;
+
+/** Entry words for a standard (uncompressed) cluster at `hostOffset`. */
+export function encodeStandard(hostOffset: number, copied: boolean, zero = false): [number, number] {
+  const hi = ((copied ? COPIED_HI : 0) | Math.floor(hostOffset / 2 ** 32)) >>> 0;
+  const lo = ((hostOffset >>> 0) | (zero ? ZERO_LO : 0)) >>> 0;
+  return [hi, lo];
+}
+
+/** Host clusters a compressed descriptor touches: [first offset, count]. */
+export function compressedClusters(d: CompressedDescriptor, clusterSize: number): [number, number] {
+  const first = Math.floor(d.hostOffset / clusterSize);
+  const last = Math.floor((d.hostOffset + d.length - 1) / clusterSize);
+  return [first * clusterSize, last - first + 1];
+}

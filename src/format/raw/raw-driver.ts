@@ -1,4 +1,4 @@
-import type { DependencyRequest, FormatDriver, Mapping } from '../driver.js';
+import type { DependencyRequest, DriverWriter, FormatDriver, Mapping } from '../driver.js';
 import type { Storage } from '../../storage/storage.js';
 import { Qcow2Error } from '../../errors.js';
 
@@ -17,12 +17,14 @@ export class RawDriver implements FormatDriver {
   readonly backing: DependencyRequest | undefined = undefined;
   readonly storage: Storage;
   readonly size: number;
+  readonly writer: DriverWriter | undefined;
   readonly #fileSize: number;
 
   private constructor(storage: Storage, fileSize: number) {
     this.storage = storage;
     this.#fileSize = fileSize;
     this.size = Math.ceil(fileSize / 512) * 512;
+    this.writer = storage.readOnly ? undefined : rawWriter(storage);
   }
 
   static async open(storage: Storage): Promise<RawDriver> {
@@ -42,4 +44,22 @@ export class RawDriver implements FormatDriver {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Raw writes go straight to the storage at the guest offset. */
+function rawWriter(storage: Storage): DriverWriter {
+  return {
+    writeData: (offset, src) => storage.write(src, offset),
+    async writeZeroes(offset, length) {
+      if (storage.writeZeroes !== undefined) return storage.writeZeroes(offset, length);
+      for (let p = offset; p < offset + length; p += 4 << 20) await storage.write(new Uint8Array(Math.min(4 << 20, offset + length - p)), p);
+    },
+    async discard(offset, length) {
+      // QEMU punches a hole, which then reads as zeros; keep that observable result.
+      if (storage.discard !== undefined) return storage.discard(offset, length);
+      return this.writeZeroes(offset, length, true, async () => {});
+    },
+    flush: () => storage.flush(),
+    close: () => storage.flush(),
+  };
 }

@@ -1,0 +1,492 @@
+import { Qcow2Error } from '../../errors.js';
+import { viewOf } from '../../util/bytes.js';
+import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_DIRTY, withBit } from './features.js';
+import { encodeHeader } from './header.js';
+import type { Qcow2State } from './qcow2-state.js';
+import type { BelowReader, DriverWriter } from '../driver.js';
+import { compressedClusters, decodeCompressed, encodeStandard, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
+
+
+/** One L2 entry as found before a write changes it. */
+interface OldEntry {
+  hi: number;
+  lo: number;
+  /** Extended L2 bitmap words. */
+  zeroBits: number;
+  allocBits: number;
+}
+
+/** How one run of a write is carried out. */
+type Plan =
+  | { kind: 'inplace'; host: number; length: number }
+  | { kind: 'alloc'; host: number; clusters: number; firstCluster: number; old: OldEntry[]; length: number };
+
+const ALL_SUBCLUSTERS = 0xffffffff;
+
+/**
+ * The qcow2 write path: allocation, copy-on-write, zero and discard, and the ordered
+ * write-back of metadata (see Refcounts for the crash-safety argument). Callers (the Image
+ * engine) hold a guest-cluster range lock, so two writes never race on the same cluster.
+ */
+export class Qcow2Writer implements DriverWriter {
+  readonly #s: Qcow2State;
+  readonly #hasBacking: boolean;
+  #dirtyBitSet = false;
+
+  constructor(state: Qcow2State, hasBacking: boolean) {
+    this.#s = state;
+    this.#hasBacking = hasBacking;
+  }
+
+  /** Writable-open housekeeping, as QEMU does: unknown (and unmaintained) autoclear bits are cleared. */
+  async prepare(): Promise<void> {
+    const h = this.#s.meta.header;
+    if (h.version === 3) {
+      const keep = { hi: 0, lo: h.autoclearFeatures.lo & (1 << AUTOCLEAR_DATA_FILE_RAW) };
+      if (keep.lo !== h.autoclearFeatures.lo || h.autoclearFeatures.hi !== 0) {
+        h.autoclearFeatures = keep;
+        await this.#writeHeader();
+        await this.#s.storage.flush();
+      }
+    }
+  }
+
+  get #external(): boolean {
+    return this.#s.meta.dataStorage !== this.#s.storage;
+  }
+
+  get #ext(): boolean {
+    return this.#s.meta.extendedL2;
+  }
+
+  /** Write guest data, allocating and copying on write as needed. */
+  async writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void> {
+    await this.#beforeMetadataChange();
+    let pos = offset;
+    const end = offset + src.byteLength;
+    while (pos < end) {
+      pos += await this.#writeRun(pos, src.subarray(pos - offset), below);
+    }
+    await this.#relieveCaches();
+  }
+
+  /** Make a range read as zeros: zero flags for whole clusters, explicit zeros elsewhere. */
+  async writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const end = offset + length;
+    const explicit = async (from: number, to: number): Promise<void> => {
+      for (let p = from; p < to; p += 4 << 20) {
+        const n = Math.min(4 << 20, to - p);
+        await this.writeData(p, new Uint8Array(n), below);
+      }
+    };
+    // v2 has no zero flag; a raw external data file must hold the zeros itself.
+    if (s.meta.header.version === 2 || s.meta.dataFileRaw) {
+      await explicit(offset, end);
+      return;
+    }
+    const first = Math.ceil(offset / cs) * cs;
+    const last = Math.floor(end / cs) * cs;
+    if (first >= last) {
+      await explicit(offset, end);
+      return;
+    }
+    if (offset < first) await explicit(offset, first);
+    await this.#beforeMetadataChange();
+    await this.#forClusters(first, last, (table, index, old) => {
+      const type = this.#clusterType(old);
+      const doUnmap = type === 'compressed' || (unmap && (type === 'normal' || type === 'zero-alloc'));
+      let hi = doUnmap ? 0 : old.hi;
+      let lo = doUnmap ? 0 : old.lo;
+      let zeroBits = old.zeroBits;
+      let allocBits = old.allocBits;
+      if (this.#ext) {
+        zeroBits = ALL_SUBCLUSTERS;
+        allocBits = 0;
+      } else {
+        lo = (lo | 1) >>> 0;
+      }
+      this.#setEntry(table, index, hi, lo, zeroBits, allocBits);
+      return doUnmap ? old : undefined;
+    });
+    if (last < end) await explicit(last, end);
+    await this.#relieveCaches();
+  }
+
+  /** Discard whole clusters (partial clusters are left alone, as QEMU does). */
+  async discard(offset: number, length: number, full = false): Promise<void> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const first = Math.ceil(offset / cs) * cs;
+    const last = Math.floor((offset + length) / cs) * cs;
+    if (first >= last) return;
+    await this.#beforeMetadataChange();
+    await this.#forClusters(first, last, (table, index, old) => {
+      const type = this.#clusterType(old);
+      const allocated = type === 'normal' || type === 'zero-alloc' || type === 'compressed';
+      if (this.#external) {
+        // QEMU drops the mapping and marks the cluster zero; the data file keeps no trace.
+        if (this.#ext) this.#setEntry(table, index, 0, 0, ALL_SUBCLUSTERS, 0);
+        else this.#setEntry(table, index, 0, 1, 0, 0);
+      } else if (full) {
+        this.#setEntry(table, index, 0, 0, 0, 0);
+      } else if (this.#hasBacking || allocated) {
+        if (this.#ext) this.#setEntry(table, index, 0, 0, ALL_SUBCLUSTERS, 0);
+        else this.#setEntry(table, index, 0, s.meta.header.version >= 3 ? 1 : 0, 0, 0);
+      } else {
+        return undefined;
+      }
+      return allocated ? old : undefined;
+    });
+    // A raw data file must read as the guest sees it: zeros.
+    if (s.meta.dataFileRaw) await this.#zeroHost(first, last - first);
+    await this.#relieveCaches();
+  }
+
+  async #zeroHost(offset: number, length: number): Promise<void> {
+    const ds = this.#s.meta.dataStorage;
+    if (ds.writeZeroes !== undefined) return ds.writeZeroes(offset, length);
+    for (let p = offset; p < offset + length; p += 4 << 20) await ds.write(new Uint8Array(Math.min(4 << 20, offset + length - p)), p);
+  }
+
+  /**
+   * Make everything durable in crash-safe order: data, refcount increases, tables, L1,
+   * header, refcount decreases, with a storage flush between steps.
+   */
+  async flush(): Promise<void> {
+    const s = this.#s;
+    await s.lock.run(async () => {
+      const rc = s.refcounts;
+      if (s.meta.dataStorage !== s.storage) await s.meta.dataStorage.flush();
+      await s.storage.flush();
+      if (rc !== undefined && rc.dirty) {
+        await rc.writeIncreases();
+        await s.storage.flush();
+      }
+      await s.l2.writeDirty();
+      if (s.l1Dirty) {
+        s.l1Dirty = false;
+        await s.storage.write(new Uint8Array(s.l1.buffer, s.l1.byteOffset, s.l1Entries * 8).slice(), s.meta.header.l1TableOffset);
+      }
+      if (rc !== undefined && (rc.location.offset !== s.meta.header.refcountTableOffset || rc.location.clusters !== s.meta.header.refcountTableClusters)) {
+        s.meta.header.refcountTableOffset = rc.location.offset;
+        s.meta.header.refcountTableClusters = rc.location.clusters;
+        s.headerDirty = true;
+      }
+      if (s.headerDirty) await this.#writeHeader();
+      await s.storage.flush();
+      if (rc !== undefined && rc.dirty) {
+        await rc.writeFinal();
+        await s.storage.flush();
+      }
+    });
+  }
+
+  /** Flush, then clear the dirty bit set for lazy refcounts. */
+  async close(): Promise<void> {
+    await this.flush();
+    if (this.#dirtyBitSet) {
+      const h = this.#s.meta.header;
+      h.incompatibleFeatures = withBit(h.incompatibleFeatures, INCOMPAT_DIRTY, false);
+      await this.#writeHeader();
+      await this.#s.storage.flush();
+      this.#dirtyBitSet = false;
+    }
+  }
+
+  async #writeHeader(): Promise<void> {
+    const s = this.#s;
+    const buf = new Uint8Array(Math.max(s.meta.header.headerLength, 112));
+    const n = encodeHeader(s.meta.header, buf);
+    s.headerDirty = false;
+    await s.storage.write(buf.subarray(0, n), 0);
+  }
+
+  /** With lazy refcounts QEMU marks the image dirty before deferring refcount updates. */
+  async #beforeMetadataChange(): Promise<void> {
+    if (this.#s.readOnly) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only');
+    const h = this.#s.meta.header;
+    if (this.#dirtyBitSet || h.version < 3 || !hasBit(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS)) return;
+    await this.#s.lock.run(async () => {
+      if (this.#dirtyBitSet) return;
+      h.incompatibleFeatures = withBit(h.incompatibleFeatures, INCOMPAT_DIRTY, true);
+      await this.#writeHeader();
+      await this.#s.storage.flush();
+      this.#dirtyBitSet = true;
+    });
+  }
+
+  /** Write metadata back when caches hold too many dirty tables. */
+  async #relieveCaches(): Promise<void> {
+    if (this.#s.l2.overBudget) await this.flush();
+  }
+
+  #clusterType(e: OldEntry): 'unallocated' | 'zero' | 'zero-alloc' | 'normal' | 'compressed' {
+    if (isCompressed(e.hi)) return 'compressed';
+    const allocated = entryOffset(e.hi, e.lo) !== 0 || (this.#external && isCopied(e.hi));
+    if (!this.#ext && isZeroFlag(e.lo)) return allocated ? 'zero-alloc' : 'zero';
+    if (!allocated) return this.#ext && e.zeroBits === ALL_SUBCLUSTERS ? 'zero' : 'unallocated';
+    return 'normal';
+  }
+
+  #readEntry(table: DataView, index: number): OldEntry {
+    const at = index * (this.#ext ? 16 : 8);
+    return {
+      hi: table.getUint32(at),
+      lo: table.getUint32(at + 4),
+      zeroBits: this.#ext ? table.getUint32(at + 8) : 0,
+      allocBits: this.#ext ? table.getUint32(at + 12) : 0,
+    };
+  }
+
+  #setEntry(table: DataView, index: number, hi: number, lo: number, zeroBits: number, allocBits: number): void {
+    const at = index * (this.#ext ? 16 : 8);
+    table.setUint32(at, hi >>> 0);
+    table.setUint32(at + 4, lo >>> 0);
+    if (this.#ext) {
+      table.setUint32(at + 8, zeroBits >>> 0);
+      table.setUint32(at + 12, allocBits >>> 0);
+    }
+  }
+
+  /**
+   * The L2 table for `l1Index`, ready to be changed: allocated when missing, copied when shared
+   * with a snapshot. Call with the metadata lock held.
+   */
+  async #writableL2(l1Index: number): Promise<{ offset: number; table: DataView }> {
+    const s = this.#s;
+    const rc = this.#refcounts();
+    if (l1Index >= s.l1Entries) throw new Qcow2Error('INVALID_ARGUMENT', `L1 index ${l1Index} beyond the L1 table`, { l1Index });
+    const hi = s.l1.getUint32(l1Index * 8);
+    const lo = s.l1.getUint32(l1Index * 8 + 4);
+    const offset = entryOffset(hi, lo);
+    if (offset !== 0 && isCopied(hi)) {
+      if (offset % s.clusterSize !== 0) throw new Qcow2Error('CORRUPT', `L2 table offset 0x${offset.toString(16)} unaligned`, { l1Index });
+      return { offset, table: viewOf(await s.l2.get(offset)) };
+    }
+    const fresh = await rc.allocate(1);
+    let bytes = new Uint8Array(s.clusterSize);
+    if (offset !== 0) {
+      bytes = (await s.l2.get(offset)).slice();
+      await rc.free(offset, 1);
+    }
+    s.l2.create(fresh, bytes);
+    const [nhi, nlo] = encodeStandard(fresh, true);
+    s.l1.setUint32(l1Index * 8, nhi);
+    s.l1.setUint32(l1Index * 8 + 4, nlo);
+    s.l1Dirty = true;
+    return { offset: fresh, table: viewOf(bytes) };
+  }
+
+  #refcounts(): NonNullable<Qcow2State['refcounts']> {
+    const rc = this.#s.refcounts;
+    if (rc === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only');
+    return rc;
+  }
+
+  /** Apply `change` to every whole cluster in [from, to); it returns the old entry to free, if any. */
+  async #forClusters(from: number, to: number, change: (table: DataView, index: number, old: OldEntry) => OldEntry | undefined): Promise<void> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const l2Entries = s.meta.l2Entries;
+    for (let c = from / cs; c < to / cs;) {
+      const l1Index = Math.floor(c / l2Entries);
+      const stop = Math.min(to / cs, (l1Index + 1) * l2Entries);
+      await s.lock.run(async () => {
+        const l1hi = s.l1.getUint32(l1Index * 8);
+        const l1lo = s.l1.getUint32(l1Index * 8 + 4);
+        if (entryOffset(l1hi, l1lo) === 0 && !this.#hasBacking && !this.#ext) {
+          // Nothing allocated and nothing below: already reads as zeros, nothing to discard.
+          return;
+        }
+        const { offset, table } = await this.#writableL2(l1Index);
+        const freed: OldEntry[] = [];
+        for (let k = c; k < stop; k++) {
+          const index = k % l2Entries;
+          const f = change(table, index, this.#readEntry(table, index));
+          if (f !== undefined) freed.push(f);
+        }
+        s.l2.markDirty(offset);
+        for (const f of freed) await this.#freeEntry(f);
+      });
+      c = stop;
+    }
+  }
+
+  /** Drop the host clusters an entry referenced. Call with the lock held. */
+  async #freeEntry(e: OldEntry): Promise<void> {
+    const s = this.#s;
+    if (this.#external) return; // clusters of an external data file are not refcounted
+    const rc = this.#refcounts();
+    if (isCompressed(e.hi)) {
+      const [off, n] = compressedClusters(decodeCompressed(e.hi, e.lo, s.clusterBits), s.clusterSize);
+      await rc.free(off, n);
+      return;
+    }
+    const off = entryOffset(e.hi, e.lo);
+    if (off !== 0) await rc.free(off, 1);
+  }
+
+  /** Write one run (within one L2 table) starting at `pos`; returns the bytes consumed. */
+  async #writeRun(pos: number, data: Uint8Array, below: BelowReader): Promise<number> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const l2Entries = s.meta.l2Entries;
+    const cluster = Math.floor(pos / cs);
+    const l1Index = Math.floor(cluster / l2Entries);
+    const end = Math.min(pos + data.byteLength, (l1Index + 1) * l2Entries * cs);
+    const plan = await s.lock.run(() => this.#plan(l1Index, pos, end));
+    const length = plan.length;
+    if (plan.kind === 'inplace') {
+      await s.meta.dataStorage.write(data.subarray(0, length), plan.host);
+      return length;
+    }
+    // Build the whole written region: copy-on-write head, the data, copy-on-write tail.
+    const first = plan.firstCluster;
+    const startCluster = first * cs;
+    const subSize = this.#ext ? cs / 32 : cs;
+    const oldFirst = plan.old[0]!;
+    const oldLast = plan.old[plan.old.length - 1]!;
+    const partial = (o: OldEntry): boolean => this.#ext && ['unallocated', 'zero'].includes(this.#clusterType(o));
+    const regionStart = partial(oldFirst) ? Math.floor(pos / subSize) * subSize : startCluster;
+    const dataEnd = pos + length;
+    const lastClusterStart = (first + plan.clusters - 1) * cs;
+    const regionEnd = partial(oldLast) ? Math.min(lastClusterStart + cs, Math.ceil(dataEnd / subSize) * subSize) : lastClusterStart + cs;
+    let region: Uint8Array;
+    if (regionStart === pos && regionEnd === dataEnd) {
+      region = data.subarray(0, length);
+    } else {
+      region = new Uint8Array(regionEnd - regionStart);
+      if (pos > regionStart) await this.#readOld(oldFirst, startCluster, region.subarray(0, pos - regionStart), regionStart, below);
+      region.set(data.subarray(0, length), pos - regionStart);
+      if (regionEnd > dataEnd) await this.#readOld(oldLast, lastClusterStart, region.subarray(dataEnd - regionStart), dataEnd, below);
+    }
+    await s.meta.dataStorage.write(region, plan.host + (regionStart - startCluster));
+    await s.lock.run(async () => {
+      const { offset: l2Offset, table } = await this.#writableL2(l1Index);
+      const freed: OldEntry[] = [];
+      for (let i = 0; i < plan.clusters; i++) {
+        const index = (first + i) % l2Entries;
+        const old = plan.old[i]!;
+        const [hi, lo] = encodeStandard(plan.host + i * cs, true);
+        let allocBits = 0;
+        let zeroBits = 0;
+        if (this.#ext) {
+          if (partial(old)) {
+            const cStart = (first + i) * cs;
+            const a = Math.max(regionStart, cStart);
+            const b = Math.min(regionEnd, cStart + cs);
+            allocBits = subclusterMask((a - cStart) / subSize, Math.ceil((b - cStart) / subSize));
+            zeroBits = (old.zeroBits & ~allocBits) >>> 0;
+          } else {
+            allocBits = ALL_SUBCLUSTERS;
+          }
+        }
+        this.#setEntry(table, index, hi, lo, zeroBits, allocBits);
+        if (this.#clusterType(old) !== 'unallocated' && this.#clusterType(old) !== 'zero') freed.push(old);
+      }
+      // The table changes synchronously above; frees may await and must not split it.
+      s.l2.markDirty(l2Offset);
+      for (const f of freed) await this.#freeEntry(f);
+    });
+    return length;
+  }
+
+  /** Decide how to write [pos, end) (within one L2 table). Runs with the lock held. */
+  async #plan(l1Index: number, pos: number, end: number): Promise<Plan> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const l2Entries = s.meta.l2Entries;
+    const { table } = await this.#writableL2(l1Index);
+    const firstCluster = Math.floor(pos / cs);
+    const firstOld = this.#readEntry(table, firstCluster % l2Entries);
+    const subSize = cs / 32;
+    const clusterEndOf = (c: number): number => Math.min(end, (c + 1) * cs);
+    const writableInPlace = (c: number, e: OldEntry): boolean => {
+      if (this.#clusterType(e) !== 'normal' || !isCopied(e.hi)) return false;
+      if (!this.#ext) return true;
+      const from = Math.floor((Math.max(pos, c * cs) - c * cs) / subSize);
+      const to = Math.ceil((clusterEndOf(c) - c * cs) / subSize);
+      const mask = subclusterMask(from, to);
+      return (e.allocBits & mask) >>> 0 === mask;
+    };
+    if (writableInPlace(firstCluster, firstOld)) {
+      const host0 = this.#hostOf(firstOld) ;
+      let c = firstCluster + 1;
+      while (c * cs < end) {
+        const e = this.#readEntry(table, c % l2Entries);
+        if (!writableInPlace(c, e) || this.#hostOf(e) !== host0 + (c - firstCluster) * cs) break;
+        c++;
+      }
+      return { kind: 'inplace', host: host0 + (pos - firstCluster * cs), length: Math.min(end, c * cs) - pos };
+    }
+    // Allocate a run of clusters that all need it (stop at the first in-place one).
+    const old: OldEntry[] = [firstOld];
+    let c = firstCluster + 1;
+    while (c * cs < end) {
+      const e = this.#readEntry(table, c % l2Entries);
+      if (writableInPlace(c, e)) break;
+      old.push(e);
+      c++;
+    }
+    const clusters = old.length;
+    const host = this.#external ? firstCluster * cs : await this.#refcounts().allocate(clusters);
+    return { kind: 'alloc', host, clusters, firstCluster, old, length: Math.min(end, c * cs) - pos };
+  }
+
+  #hostOf(e: OldEntry): number {
+    const off = entryOffset(e.hi, e.lo);
+    if (off % this.#s.clusterSize !== 0) {
+      throw new Qcow2Error('CORRUPT', `Cluster allocation offset 0x${off.toString(16)} unaligned`, { offset: off });
+    }
+    return off;
+  }
+
+  /** Fill `dst` with what the cluster described by `e` held at guest offset `from`. */
+  async #readOld(e: OldEntry, clusterStart: number, dst: Uint8Array, from: number, below: BelowReader): Promise<void> {
+    const s = this.#s;
+    const type = this.#clusterType(e);
+    if (type === 'zero' || type === 'zero-alloc') {
+      if (!this.#ext || type === 'zero') {
+        dst.fill(0);
+        return;
+      }
+    }
+    if (type === 'unallocated' && (!this.#ext || e.zeroBits === 0)) {
+      await below(dst, from);
+      return;
+    }
+    if (type === 'compressed') {
+      const full = new Uint8Array(s.clusterSize);
+      const d = decodeCompressed(e.hi, e.lo, s.clusterBits);
+      const src = new Uint8Array(d.length);
+      await s.storage.read(src, d.hostOffset);
+      await s.decompressor.decompress(src, full);
+      dst.set(full.subarray(from - clusterStart, from - clusterStart + dst.byteLength));
+      return;
+    }
+    if (!this.#ext) {
+      await s.meta.dataStorage.read(dst, this.#hostOf(e) + (from - clusterStart));
+      return;
+    }
+    // Extended L2: subcluster by subcluster.
+    const subSize = s.clusterSize / 32;
+    const allocated = type === 'normal';
+    for (let p = from; p < from + dst.byteLength;) {
+      const sub = Math.floor((p - clusterStart) / subSize);
+      const next = Math.min(from + dst.byteLength, clusterStart + (sub + 1) * subSize);
+      const piece = dst.subarray(p - from, next - from);
+      if ((e.zeroBits >>> sub) & 1) piece.fill(0);
+      else if (allocated && (e.allocBits >>> sub) & 1) await s.meta.dataStorage.read(piece, this.#hostOf(e) + (p - clusterStart));
+      else await below(piece, p);
+      p = next;
+    }
+  }
+}
+
+/** Bits [from, to) of a 32-bit subcluster mask. */
+function subclusterMask(from: number, to: number): number {
+  if (to - from >= 32) return ALL_SUBCLUSTERS;
+  return ((((1 << (to - from)) >>> 0) - 1) << from) >>> 0;
+}

@@ -1,0 +1,309 @@
+import { invalidImage, Qcow2Error } from '../../errors.js';
+import type { Storage } from '../../storage/storage.js';
+import { readU64, viewOf, writeU64 } from '../../util/bytes.js';
+import { TableCache } from './table-cache.js';
+import { AsyncMutex } from '../../util/async-mutex.js';
+
+/** Where the refcount table lives; changes when the table grows. */
+export interface ReftableLocation {
+  offset: number;
+  clusters: number;
+}
+
+const REFBLOCK_CACHE_BYTES = 4 << 20;
+
+/**
+ * Reference counts of host clusters: the refcount table (kept whole in memory; QEMU caps it
+ * at 8 MiB) and a write-back cache of refcount blocks.
+ *
+ * Crash safety comes from the order of `writeIncreases` (refcounts that only grew: new
+ * allocations), then the caller's L2/L1/header writes, then `writeFinal` (decreases). A crash
+ * between any two steps leaves refcounts >= references: leaks, never corruption. A cluster
+ * freed since the last flush is not handed out again until `writeFinal` has run, so on-disk
+ * tables that still name it never see new data in it.
+ */
+export class Refcounts {
+  readonly #storage: Storage;
+  readonly #clusterSize: number;
+  readonly #clusterBits: number;
+  readonly #bits: number;
+  readonly #entriesPerBlock: number;
+  readonly #max: number;
+  #reftable: Uint8Array;
+  #reftableView: DataView;
+  #location: ReftableLocation;
+  #reftableDirty = false;
+  readonly #blocks: TableCache;
+  /** On-disk contents of refblocks changed since the last flush. */
+  readonly #diskCopies = new Map<number, Uint8Array>();
+  /** Lowest cluster index that may be free. */
+  #freeHint = 0;
+  /** First cluster index past everything allocated or present in the file. */
+  #end: number;
+  /** Clusters of old refcount tables to free once the header points elsewhere. */
+  #retired: ReftableLocation[] = [];
+  readonly #lock = new AsyncMutex();
+
+  private constructor(storage: Storage, clusterBits: number, refcountOrder: number, location: ReftableLocation, reftable: Uint8Array, fileSize: number) {
+    this.#storage = storage;
+    this.#clusterBits = clusterBits;
+    this.#clusterSize = 2 ** clusterBits;
+    this.#bits = 2 ** refcountOrder;
+    this.#entriesPerBlock = (this.#clusterSize * 8) / this.#bits;
+    this.#max = this.#bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.#bits - 1;
+    this.#location = location;
+    this.#reftable = reftable;
+    this.#reftableView = viewOf(reftable);
+    this.#blocks = new TableCache(storage, this.#clusterSize, REFBLOCK_CACHE_BYTES);
+    this.#end = Math.ceil(fileSize / this.#clusterSize);
+  }
+
+  static async open(storage: Storage, clusterBits: number, refcountOrder: number, location: ReftableLocation): Promise<Refcounts> {
+    const cs = 2 ** clusterBits;
+    const table = new Uint8Array(location.clusters * cs);
+    await storage.read(table, location.offset);
+    return new Refcounts(storage, clusterBits, refcountOrder, location, table, await storage.size());
+  }
+
+  get location(): ReftableLocation {
+    return this.#location;
+  }
+
+  get refcountMax(): number {
+    return this.#max;
+  }
+
+  /** True when something must be written by the next flush. */
+  get dirty(): boolean {
+    return this.#reftableDirty || this.#blocks.hasDirty();
+  }
+
+  /** The refcount of host cluster `cluster` as currently known (memory). */
+  async get(cluster: number): Promise<number> {
+    const block = await this.#block(cluster, false);
+    return block === undefined ? 0 : getRefcount(block, cluster % this.#entriesPerBlock, this.#bits);
+  }
+
+  /** Add `delta` to the refcount of `count` clusters starting at host offset `offset`. */
+  private async update(offset: number, count: number, delta: number): Promise<void> {
+    const first = Math.floor(offset / this.#clusterSize);
+    for (let c = first; c < first + count; c++) {
+      const block = (await this.#block(c, delta > 0))!;
+      const blockOffset = this.#blockOffset(c);
+      const i = c % this.#entriesPerBlock;
+      const old = getRefcount(block, i, this.#bits);
+      const next = old + delta;
+      if (next < 0 || next > this.#max) {
+        throw new Qcow2Error('CORRUPT', next < 0
+          ? `Refcount of cluster ${c} would become negative`
+          : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
+      }
+      this.#keepDiskCopy(blockOffset, block);
+      setRefcount(block, i, this.#bits, next);
+      this.#blocks.markDirty(blockOffset);
+      if (next === 0 && c < this.#freeHint) this.#freeHint = c;
+      if (c >= this.#end) this.#end = c + 1;
+    }
+  }
+
+  /**
+   * Find `count` contiguous free clusters, set their refcount to 1 and return the host offset.
+   * Free means zero in memory and on disk (see the class comment).
+   */
+  allocate(count: number): Promise<number> {
+    return this.#lock.run(() => this.#allocate(count));
+  }
+
+  async #allocate(count: number): Promise<number> {
+    for (;;) {
+      const start = await this.#findFree(count);
+      // Refblocks for the run first: creating one takes a cluster, maybe from this run.
+      const firstIdx = Math.floor(start / this.#entriesPerBlock);
+      const lastIdx = Math.floor((start + count - 1) / this.#entriesPerBlock);
+      for (let idx = firstIdx; idx <= lastIdx; idx++) await this.#block(idx * this.#entriesPerBlock, true);
+      let ok = true;
+      for (let c = start; c < start + count && ok; c++) ok = await this.#isFree(c);
+      if (!ok) continue;
+      await this.update(start * this.#clusterSize, count, 1);
+      if (start === this.#freeHint) this.#freeHint = start + count;
+      if (start + count > this.#end) this.#end = start + count;
+      if (start === 0) throw new Qcow2Error('CORRUPT', 'Preventing invalid allocation at offset 0', {});
+      return start * this.#clusterSize;
+    }
+  }
+
+  /** Release `count` clusters from `offset` (refcount - 1). */
+  free(offset: number, count: number): Promise<void> {
+    return this.#lock.run(() => this.update(offset, count, -1));
+  }
+
+  /** Add one reference to `count` clusters from `offset` (shared compressed clusters, snapshots). */
+  addRef(offset: number, count: number): Promise<void> {
+    return this.#lock.run(() => this.update(offset, count, 1));
+  }
+
+  /** Step 1 of a flush: refblocks with every entry at max(disk, memory), then the reftable. */
+  async writeIncreases(): Promise<void> {
+    await this.#blocks.writeDirty((off, current) => {
+      const disk = this.#diskCopies.get(off);
+      if (disk === undefined) return current.slice();
+      const merged = current.slice();
+      for (let i = 0; i < this.#entriesPerBlock; i++) {
+        const d = getRefcount(disk, i, this.#bits);
+        if (d > getRefcount(merged, i, this.#bits)) setRefcount(merged, i, this.#bits, d);
+      }
+      this.#diskCopies.set(off, merged.slice());
+      this.#blocks.markDirty(off); // decreases still pending
+      return merged;
+    });
+    if (this.#reftableDirty) {
+      this.#reftableDirty = false;
+      await this.#storage.write(this.#reftable.slice(), this.#location.offset);
+    }
+  }
+
+  /** Step 3 of a flush, after the tables that dropped references are on disk: the decreases. */
+  async writeFinal(): Promise<void> {
+    await this.#blocks.writeDirty();
+    this.#diskCopies.clear();
+    const retired = this.#retired;
+    this.#retired = [];
+    for (const r of retired) await this.#lock.run(() => this.update(r.offset, r.clusters, -1));
+    if (retired.length > 0) await this.#blocks.writeDirty();
+    this.#diskCopies.clear();
+  }
+
+  /** Old refcount tables replaced by growth, to free after the header is rewritten. */
+  get retiredTables(): readonly ReftableLocation[] {
+    return this.#retired;
+  }
+
+  /** Remember what is on disk before the first change since the last flush. */
+  #keepDiskCopy(blockOffset: number, block: Uint8Array): void {
+    if (!this.#diskCopies.has(blockOffset)) this.#diskCopies.set(blockOffset, block.slice());
+  }
+
+  #blockOffset(cluster: number): number {
+    const idx = Math.floor(cluster / this.#entriesPerBlock);
+    if (idx * 8 >= this.#reftable.byteLength) return 0;
+    const hi = this.#reftableView.getUint32(idx * 8);
+    const lo = this.#reftableView.getUint32(idx * 8 + 4);
+    if (hi > 0x1fffff) throw new Qcow2Error('CORRUPT', `Refcount table entry ${idx} is out of range`, { index: idx });
+    return readU64(this.#reftableView, idx * 8) - (lo & 0x1ff);
+  }
+
+  /** The refblock covering `cluster`, created when `create` is set and it does not exist. */
+  async #block(cluster: number, create: boolean): Promise<Uint8Array | undefined> {
+    for (;;) {
+      const off = this.#blockOffset(cluster);
+      if (off !== 0) {
+        if (off % this.#clusterSize !== 0) {
+          throw new Qcow2Error('CORRUPT', `Refblock offset 0x${off.toString(16)} unaligned`, { offset: off });
+        }
+        return this.#blocks.get(off);
+      }
+      if (!create) return undefined;
+      await this.#createBlock(Math.floor(cluster / this.#entriesPerBlock));
+    }
+  }
+
+  /** Allocate a refblock for reftable index `idx`, growing the reftable when needed. */
+  async #createBlock(idx: number): Promise<void> {
+    if (idx * 8 >= this.#reftable.byteLength) await this.#growReftable(idx + 1);
+    if (this.#blockOffset(idx * this.#entriesPerBlock) !== 0) return; // created meanwhile
+    const at = await this.#findFree(1);
+    const atIdx = Math.floor(at / this.#entriesPerBlock);
+    const offset = at * this.#clusterSize;
+    const block = this.#blocks.create(offset);
+    this.#diskCopies.set(offset, new Uint8Array(this.#clusterSize));
+    writeU64(this.#reftableView, idx * 8, offset);
+    this.#reftableDirty = true;
+    if (at + 1 > this.#end) this.#end = at + 1;
+    if (atIdx === idx) {
+      setRefcount(block, at % this.#entriesPerBlock, this.#bits, 1); // the block describes itself
+    } else {
+      await this.update(offset, 1, 1);
+    }
+  }
+
+  /** Move the refcount table to a larger home at the end of the file. */
+  async #growReftable(minEntries: number): Promise<void> {
+    const perCluster = this.#clusterSize / 8;
+    const oldEntries = this.#reftable.byteLength / 8;
+    // Room for the growth itself: the new table and the refblocks covering it.
+    const wanted = Math.max(minEntries, Math.ceil(oldEntries * 1.5), oldEntries + 1);
+    const clusters = Math.ceil((wanted + 2) / perCluster);
+    if (clusters * this.#clusterSize > 8 << 20) throw invalidImage('Reference count table too large');
+    const start = this.#end;
+    const table = new Uint8Array(clusters * this.#clusterSize);
+    table.set(this.#reftable);
+    this.#retired.push(this.#location);
+    this.#reftable = table;
+    this.#reftableView = viewOf(table);
+    this.#location = { offset: start * this.#clusterSize, clusters };
+    this.#reftableDirty = true;
+    this.#end = start + clusters;
+    await this.update(start * this.#clusterSize, clusters, 1);
+  }
+
+  async #isFree(cluster: number): Promise<boolean> {
+    const off = this.#blockOffset(cluster);
+    if (off === 0) return this.#noTableUses(cluster);
+    const block = await this.#blocks.get(off);
+    const i = cluster % this.#entriesPerBlock;
+    if (getRefcount(block, i, this.#bits) !== 0) return false;
+    const disk = this.#diskCopies.get(off);
+    return disk === undefined || getRefcount(disk, i, this.#bits) === 0;
+  }
+
+  /** A cluster without a refblock is free unless a pending reftable occupies it. */
+  #noTableUses(cluster: number): boolean {
+    const loc = this.#location;
+    const first = loc.offset / this.#clusterSize;
+    return cluster < first || cluster >= first + loc.clusters;
+  }
+
+  async #findFree(count: number): Promise<number> {
+    let c = Math.max(this.#freeHint, 1);
+    let run = 0;
+    let start = c;
+    for (;;) {
+      if (await this.#isFree(c)) {
+        if (run === 0) start = c;
+        run++;
+        if (run === count) return start;
+      } else {
+        run = 0;
+      }
+      c++;
+    }
+  }
+}
+
+// TODO(lead): switch to refcount-codec.ts once it lands; these are the same rules.
+function getRefcount(block: Uint8Array, i: number, bits: number): number {
+  const v = viewOf(block);
+  switch (bits) {
+    case 64: return readU64(v, i * 8);
+    case 32: return v.getUint32(i * 4);
+    case 16: return v.getUint16(i * 2);
+    case 8: return block[i]!;
+    default: return (block[(i * bits) >>> 3]! >>> ((i * bits) & 7)) & ((1 << bits) - 1);
+  }
+}
+
+function setRefcount(block: Uint8Array, i: number, bits: number, value: number): void {
+  const v = viewOf(block);
+  switch (bits) {
+    case 64: writeU64(v, i * 8, value); return;
+    case 32: v.setUint32(i * 4, value); return;
+    case 16: v.setUint16(i * 2, value); return;
+    case 8: block[i] = value; return;
+    default: {
+      const byte = (i * bits) >>> 3;
+      const shift = (i * bits) & 7;
+      const mask = ((1 << bits) - 1) << shift;
+      block[byte] = (block[byte]! & ~mask) | ((value << shift) & mask);
+    }
+  }
+}

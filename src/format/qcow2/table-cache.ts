@@ -1,0 +1,134 @@
+import type { Storage } from '../../storage/storage.js';
+
+/** A cached metadata table (one cluster) and whether memory differs from disk. */
+interface Entry {
+  bytes: Uint8Array;
+  dirty: boolean;
+}
+
+/**
+ * Write-back cache of cluster-sized metadata tables (L2 tables, refcount blocks) keyed by
+ * host offset. Clean tables are evicted least-recently-used past the byte budget; dirty ones
+ * stay until `writeDirty` puts them on disk, so the owner decides the order in which
+ * structures reach the disk.
+ *
+ * @example
+ * ```ts
+ * const l2 = new TableCache(storage, 65536, 1 << 20);
+ * const table = await l2.get(0x40000);
+ * table[0] = 1;
+ * l2.markDirty(0x40000);
+ * await l2.writeDirty();
+ * ```
+ */
+export class TableCache {
+  readonly #storage: Storage;
+  readonly #tableSize: number;
+  readonly #budget: number;
+  readonly #entries = new Map<number, Entry>();
+  readonly #loading = new Map<number, Promise<Uint8Array>>();
+
+  constructor(storage: Storage, tableSize: number, budgetBytes: number) {
+    this.#storage = storage;
+    this.#tableSize = tableSize;
+    this.#budget = Math.max(budgetBytes, 2 * tableSize);
+  }
+
+  /** The cached table, if present (no I/O). */
+  peek(offset: number): Uint8Array | undefined {
+    const e = this.#entries.get(offset);
+    if (e === undefined) return undefined;
+    this.#entries.delete(offset);
+    this.#entries.set(offset, e);
+    return e.bytes;
+  }
+
+  /** The table at `offset`, read from storage on a miss (concurrent misses share one read). */
+  get(offset: number): Promise<Uint8Array> | Uint8Array {
+    const hit = this.peek(offset);
+    if (hit !== undefined) return hit;
+    let p = this.#loading.get(offset);
+    if (p === undefined) {
+      p = this.#load(offset);
+      this.#loading.set(offset, p);
+    }
+    return p;
+  }
+
+  async #load(offset: number): Promise<Uint8Array> {
+    try {
+      const bytes = new Uint8Array(this.#tableSize);
+      await this.#storage.read(bytes, offset);
+      // A table created in memory meanwhile (new allocation) wins over stale disk bytes.
+      const raced = this.#entries.get(offset);
+      if (raced !== undefined) return raced.bytes;
+      this.#insert(offset, { bytes, dirty: false });
+      return bytes;
+    } finally {
+      this.#loading.delete(offset);
+    }
+  }
+
+  /** Install a table that exists only in memory so far (a new allocation). */
+  create(offset: number, bytes: Uint8Array = new Uint8Array(this.#tableSize)): Uint8Array {
+    this.#insert(offset, { bytes, dirty: true });
+    return bytes;
+  }
+
+  markDirty(offset: number): void {
+    const e = this.#entries.get(offset);
+    if (e !== undefined) e.dirty = true;
+  }
+
+  /** Drop a table (its cluster was freed). Pending changes are discarded. */
+  forget(offset: number): void {
+    this.#entries.delete(offset);
+  }
+
+  /** True when dirty tables exceed the budget and the owner should write them back. */
+  get overBudget(): boolean {
+    return this.#entries.size * this.#tableSize > this.#budget;
+  }
+
+  hasDirty(): boolean {
+    for (const e of this.#entries.values()) if (e.dirty) return true;
+    return false;
+  }
+
+  /** Offsets of dirty tables with their bytes. */
+  dirtyTables(): [number, Uint8Array][] {
+    const out: [number, Uint8Array][] = [];
+    for (const [off, e] of this.#entries) if (e.dirty) out.push([off, e.bytes]);
+    return out.sort((a, b) => a[0] - b[0]);
+  }
+
+  /** Write every dirty table (optionally transformed) and mark them clean. */
+  async writeDirty(transform?: (offset: number, bytes: Uint8Array) => Uint8Array): Promise<void> {
+    const dirty = this.dirtyTables();
+    for (const [off, bytes] of dirty) {
+      const e = this.#entries.get(off);
+      if (e !== undefined) e.dirty = false;
+      // Write a snapshot: later synchronous edits must not leak into a write still in flight.
+      await this.#storage.write(transform ? transform(off, bytes) : bytes.slice(), off);
+    }
+    this.#evict();
+  }
+
+  clear(): void {
+    this.#entries.clear();
+  }
+
+  #insert(offset: number, e: Entry): void {
+    this.#entries.delete(offset);
+    this.#entries.set(offset, e);
+    this.#evict();
+  }
+
+  #evict(): void {
+    if (this.#entries.size * this.#tableSize <= this.#budget) return;
+    for (const [off, e] of this.#entries) {
+      if (this.#entries.size * this.#tableSize <= this.#budget) break;
+      if (!e.dirty) this.#entries.delete(off);
+    }
+  }
+}
