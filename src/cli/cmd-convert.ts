@@ -224,7 +224,8 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     await convertImage(sources, out, {
       minSparse: s.minSparse,
       parallel: s.parallel,
-      inOrder: s.inOrder,
+      // Without -W qemu-img writes in order; a raw target does not care, so it picks (out of order).
+      ...(s.inOrder ? {} : { inOrder: false }),
       ...(bar ? { progress: (p: number) => bar.set(p) } : {}),
     });
     // qemu-img convert writes with cache=unsafe by default: no flush unless asked for.

@@ -17,8 +17,8 @@ export interface ClusterDecompressor {
 
 export interface ClusterCompressor {
   /**
-   * Compress one cluster. Returns `undefined` when the result would not be smaller than
-   * `src.byteLength - 1` bytes (QEMU then stores the cluster uncompressed).
+   * Compress one cluster. Returns `undefined` when the result does not fit in
+   * `src.byteLength - 1` bytes (QEMU's output buffer; the cluster is then stored uncompressed).
    */
   compress(src: Uint8Array): Promise<Uint8Array | undefined>;
 }

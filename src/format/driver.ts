@@ -48,6 +48,13 @@ export interface DriverWriter {
   writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void>;
   /** Hint that a range is unused (whole clusters; the result reads as zeros or as the backing file). */
   discard(offset: number, length: number): Promise<void>;
+  /**
+   * Store one whole cluster compressed (`src.length` = cluster size, or the shorter tail of
+   * the disk). Only into unallocated clusters, as QEMU; optional.
+   */
+  writeCompressed?(offset: number, src: Uint8Array): Promise<void>;
+  /** Change the virtual size (qcow2: grow L1; shrink frees clusters past the end). Optional. */
+  resize?(size: number, below: BelowReader, belowSize: number | undefined): Promise<void>;
   /** Make all completed writes durable. */
   flush(): Promise<void>;
   /** Flush and leave the image clean. */

@@ -24,14 +24,17 @@ const COMPRESSED_CACHE_BYTES = 8 << 20;
 export class Image implements ImageReader {
   readonly driver: FormatDriver;
   readonly backing: Image | undefined;
-  readonly size: number;
   readonly #clusters: LruCache<number, Uint8Array>;
 
   constructor(driver: FormatDriver, backing?: Image) {
     this.driver = driver;
     this.backing = backing;
-    this.size = driver.size;
     this.#clusters = new LruCache(Math.max(COMPRESSED_CACHE_BYTES, driver.clusterSize), () => driver.clusterSize);
+  }
+
+  /** Virtual size in bytes. */
+  get size(): number {
+    return this.driver.size;
   }
 
   /** Number of layers in the chain, this one included. */
@@ -132,11 +135,42 @@ export class Image implements ImageReader {
     await this.#locked(offset, length, (w) => w.writeZeroes(offset, length, options.unmap ?? false, this.#below));
   }
 
+  /**
+   * Write whole clusters compressed (the disk's last cluster may be shorter), only into
+   * unallocated clusters, as qemu-io's `write -c`.
+   */
+  async writeCompressed(src: Uint8Array, offset: number): Promise<void> {
+    checkRange(offset, src.byteLength, this.size);
+    const cs = this.driver.clusterSize;
+    await this.#locked(offset, src.byteLength, async (w) => {
+      if (w.writeCompressed === undefined) throw new Qcow2Error('UNSUPPORTED', 'Compressed writes are not supported by this format', {});
+      for (let p = 0; p < src.byteLength; p += cs) await w.writeCompressed(offset + p, src.subarray(p, Math.min(src.byteLength, p + cs)));
+    });
+  }
+
   /** Discard whole clusters in the range (partial clusters are left as they are, like QEMU). */
   async discard(offset: number, length: number): Promise<void> {
     checkRange(offset, length, this.size);
     if (length === 0) return;
     await this.#locked(offset, length, (w) => w.discard(offset, length));
+  }
+
+  /**
+   * Change the virtual size. Growing reads as zeros in the new area (never as backing data);
+   * shrinking drops everything past the new end.
+   */
+  async resize(size: number): Promise<void> {
+    if (!Number.isSafeInteger(size) || size < 0) throw new Qcow2Error('INVALID_ARGUMENT', `Invalid size ${size}`, { size });
+    const w = this.driver.writer;
+    if (w === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only', {});
+    if (w.resize === undefined) throw new Qcow2Error('UNSUPPORTED', 'This image format does not support resize', {});
+    const release = await this.#ranges.acquire(0, Number.MAX_SAFE_INTEGER);
+    try {
+      await w.resize(size, this.#below, this.backing?.size);
+    } finally {
+      this.#clusters.clear();
+      release();
+    }
   }
 
   /** Make completed writes durable. */

@@ -1,6 +1,7 @@
 import { Qcow2Error } from '../errors.js';
 import type { ImageReader } from '../image/types.js';
-import { ConcatSource, MAX_STATUS_QUERY, type SourceRunKind } from './concat-source.js';
+import { ConcatSource } from './concat-source.js';
+import { JobCutter, type Job } from './convert-jobs.js';
 import type { ConvertTarget } from './convert-target.js';
 import { OrderGate } from './order-gate.js';
 import { allocatedRunMin, SECTOR, wordsOf } from './sector-scan.js';
@@ -42,60 +43,6 @@ export interface ConvertResult {
 export const MAX_PARALLEL = 16;
 export const MAX_MIN_SPARSE = 32768 * SECTOR;
 const DEFAULT_BUFFER = 2 * 1024 * 1024;
-
-interface Job {
-  seq: number;
-  offset: number;
-  length: number;
-  kind: SourceRunKind;
-}
-
-/** Walks the source's block status and cuts it into jobs the way qemu-img does. */
-class JobCutter {
-  readonly #source: ConcatSource;
-  readonly #bufferSize: number;
-  readonly #zeroAsData: boolean;
-  #pos = 0;
-  #runEnd = 0;
-  #kind: SourceRunKind = 'data';
-  #seq = 0;
-
-  constructor(source: ConcatSource, bufferSize: number, zeroAsData: boolean) {
-    this.#source = source;
-    this.#bufferSize = bufferSize;
-    this.#zeroAsData = zeroAsData;
-  }
-
-  async next(): Promise<Job | undefined> {
-    const size = this.#source.size;
-    if (this.#pos >= size) return undefined;
-    if (this.#pos >= this.#runEnd) {
-      const run = await statusAt(this.#source, this.#pos, Math.min(size - this.#pos, MAX_STATUS_QUERY));
-      this.#kind = run.kind;
-      this.#runEnd = this.#pos + run.length;
-    }
-    let length = this.#runEnd - this.#pos;
-    // Data goes through a buffer; so do zeros that must be written out in full (-S 0).
-    if (this.#kind === 'data' || this.#zeroAsData) length = Math.min(length, this.#bufferSize);
-    const job: Job = { seq: this.#seq++, offset: this.#pos, length, kind: this.#kind };
-    this.#pos += length;
-    return job;
-  }
-}
-
-async function statusAt(source: ConcatSource, offset: number, maxLength: number): Promise<{ kind: SourceRunKind; length: number }> {
-  try {
-    return await source.status(offset, maxLength);
-  } catch (e) {
-    throw wrapError(e, `error while reading block status at offset ${offset}`, offset, 'status');
-  }
-}
-
-function wrapError(e: unknown, what: string, offset: number, stage: string): Qcow2Error {
-  const message = e instanceof Error ? e.message : String(e);
-  const code = e instanceof Qcow2Error ? e.code : 'IO';
-  return new Qcow2Error(code, `${what}: ${message}`, { offset, stage }, { cause: e });
-}
 
 /**
  * Copy the guest content of `sources` (concatenated, as `qemu-img convert a b out` does)
@@ -237,7 +184,7 @@ export async function convertImage(
         }
         if (inOrder) gate.done(job.seq);
       } catch (e) {
-        fail(wrapError(e, `error while ${stage === 'read' ? 'reading' : 'writing'} at byte ${job.offset}`, job.offset, stage));
+        fail(wrapConvertError(e, `error while ${stage === 'read' ? 'reading' : 'writing'} at byte ${job.offset}`, job.offset, stage));
         return;
       }
     }

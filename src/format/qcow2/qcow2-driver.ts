@@ -59,7 +59,6 @@ export class Qcow2Driver implements FormatDriver {
   readonly format = 'qcow2';
   readonly storage: Storage;
   readonly meta: Qcow2Metadata;
-  readonly size: number;
   readonly clusterSize: number;
   readonly backing: DependencyRequest | undefined;
   /** The snapshot whose content is read, when opened with `snapshot`. */
@@ -73,7 +72,6 @@ export class Qcow2Driver implements FormatDriver {
   private constructor(storage: Storage, meta: Qcow2Metadata, l1: DataView, l1Entries: number, opts: Qcow2OpenOptions, snapshot: SnapshotEntry | undefined, refcounts: Refcounts | undefined) {
     this.storage = storage;
     this.meta = meta;
-    this.size = meta.header.size;
     this.clusterSize = meta.clusterSize;
     this.#clusterBits = meta.header.clusterBits;
     this.snapshot = snapshot;
@@ -86,6 +84,7 @@ export class Qcow2Driver implements FormatDriver {
       storage, meta, clusterSize: meta.clusterSize, clusterBits: meta.header.clusterBits, l1, l1Entries, l1Dirty: false,
       l2: new TableCache(storage, meta.clusterSize, budget),
       decompressor: opts.codecs.decompressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib'),
+      compressor: opts.codecs.compressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib'),
       refcounts, lock: new AsyncMutex(), headerDirty: false, readOnly: opts.readOnly,
     };
     this.#ownsDataStorage = meta.dataStorage !== storage;
@@ -173,6 +172,11 @@ export class Qcow2Driver implements FormatDriver {
     const driver = new Qcow2Driver(storage, meta, viewOf(l1Bytes), l1Size, opts, snapshot, refcounts);
     await driver.writer?.prepare();
     return driver;
+  }
+
+  /** Virtual size (changes with resize). */
+  get size(): number {
+    return this.meta.header.size;
   }
 
   async getMapping(offset: number, maxLength: number): Promise<Mapping> {

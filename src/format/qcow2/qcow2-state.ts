@@ -1,4 +1,4 @@
-import type { ClusterDecompressor } from '../../codecs/codec.js';
+import type { ClusterCompressor, ClusterDecompressor } from '../../codecs/codec.js';
 import type { Storage } from '../../storage/storage.js';
 import { AsyncMutex } from '../../util/async-mutex.js';
 import type { Qcow2Metadata } from './qcow2-metadata.js';
@@ -20,6 +20,7 @@ export interface Qcow2State {
   l1Dirty: boolean;
   readonly l2: TableCache;
   readonly decompressor: ClusterDecompressor;
+  readonly compressor: ClusterCompressor;
   /** Present when the image is writable. */
   refcounts: Refcounts | undefined;
   /** Serialises metadata changes that span awaits; reads never take it. */

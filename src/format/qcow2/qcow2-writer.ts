@@ -4,7 +4,7 @@ import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_DIRTY,
 import { encodeHeader } from './header.js';
 import type { Qcow2State } from './qcow2-state.js';
 import type { BelowReader, DriverWriter } from '../driver.js';
-import { compressedClusters, decodeCompressed, encodeStandard, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
+import { compressedClusters, decodeCompressed, encodeCompressed, encodeStandard, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 
 
 /** One L2 entry as found before a write changes it. */
@@ -32,6 +32,10 @@ export class Qcow2Writer implements DriverWriter {
   readonly #s: Qcow2State;
   readonly #hasBacking: boolean;
   #dirtyBitSet = false;
+  /** Next free byte in the host cluster compressed clusters are being packed into (0 = none). */
+  #byteCursor = 0;
+  /** Clusters still named by the on-disk header until the next flush rewrites it. */
+  #freeAfterHeader: [number, number][] = [];
 
   constructor(state: Qcow2State, hasBacking: boolean) {
     this.#s = state;
@@ -151,6 +155,134 @@ export class Qcow2Writer implements DriverWriter {
   }
 
   /**
+   * Write one cluster compressed, packed after the previous compressed cluster in a shared
+   * host cluster the way QEMU does. Falls back to a normal write when it does not compress.
+   */
+  async writeCompressed(offset: number, src: Uint8Array): Promise<void> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    if (offset % cs !== 0 || src.byteLength > cs || (src.byteLength < cs && offset + src.byteLength !== s.meta.header.size)) {
+      throw new Qcow2Error('INVALID_ARGUMENT', 'Compressed writes must cover whole clusters', { offset, length: src.byteLength });
+    }
+    if (this.#external) throw new Qcow2Error('UNSUPPORTED', 'Compressed writes are not supported with an external data file', {});
+    await this.#beforeMetadataChange();
+    let full = src;
+    if (src.byteLength < cs) {
+      full = new Uint8Array(cs);
+      full.set(src);
+    }
+    const packed = await s.compressor.compress(full);
+    if (packed === undefined) {
+      await this.writeData(offset, src, async (dst) => void dst.fill(0));
+      return;
+    }
+    const l2Entries = s.meta.l2Entries;
+    const cluster = offset / cs;
+    const l1Index = Math.floor(cluster / l2Entries);
+    const host = await s.lock.run(async () => {
+      const { table } = await this.#writableL2(l1Index);
+      const old = this.#readEntry(table, cluster % l2Entries);
+      const type = this.#clusterType(old);
+      if (type !== 'unallocated' && type !== 'zero') {
+        // QEMU fails these with EIO as well: compressed data only goes into fresh clusters.
+        throw new Qcow2Error('IO', 'Compressed writes are only possible to unallocated clusters', { offset });
+      }
+      return this.#allocateBytes(packed.byteLength);
+    });
+    await s.storage.write(packed, host);
+    await s.lock.run(async () => {
+      const { offset: l2Offset, table } = await this.#writableL2(l1Index);
+      const [hi, lo] = encodeCompressed(host, packed.byteLength, s.clusterBits);
+      this.#setEntry(table, cluster % l2Entries, hi, lo, 0, 0);
+      s.l2.markDirty(l2Offset);
+    });
+    await this.#relieveCaches();
+  }
+
+  /** Byte allocation for compressed clusters: fill the current host cluster, then start a new one. */
+  async #allocateBytes(length: number): Promise<number> {
+    const rc = this.#refcounts();
+    const cs = this.#s.clusterSize;
+    let off = this.#byteCursor;
+    if (off !== 0 && off % cs !== 0 && cs - (off % cs) >= length && (await rc.get(Math.floor(off / cs))) < rc.refcountMax) {
+      await rc.addRef(Math.floor(off / cs) * cs, 1);
+    } else {
+      off = await rc.allocate(Math.ceil(length / cs));
+    }
+    this.#byteCursor = off + length;
+    return off;
+  }
+
+  /**
+   * Change the virtual size. Growing makes the new area read as zeros even where a longer
+   * backing file has data (QEMU iotest 292); shrinking frees every cluster past the end.
+   */
+  async resize(size: number, below: BelowReader, belowSize: number | undefined): Promise<void> {
+    const s = this.#s;
+    const h = s.meta.header;
+    const old = h.size;
+    const cs = s.clusterSize;
+    if (size === old) return;
+    if (h.version === 2 && s.meta.snapshots.length > 0) {
+      throw new Qcow2Error('UNSUPPORTED', "Can't resize a v2 image which has snapshots", {});
+    }
+    if (size < old && s.meta.snapshots.length > 0) {
+      throw new Qcow2Error('UNSUPPORTED', "Can't shrink an image which has snapshots", {});
+    }
+    await this.#beforeMetadataChange();
+    const l2Span = cs * s.meta.l2Entries;
+    if (size > old) {
+      const needed = Math.ceil(size / l2Span);
+      if (needed > s.l1Entries) await s.lock.run(() => this.#growL1(needed));
+      if (this.#external) await s.meta.dataStorage.resize(Math.max(size, await s.meta.dataStorage.size()));
+      h.size = size;
+      s.headerDirty = true;
+      // The old partial last cluster and a longer backing file must not show through.
+      const zeroEnd = Math.min(size, Math.max(Math.ceil(old / cs) * cs, belowSize ?? 0));
+      if (zeroEnd > old) await this.writeZeroes(old, zeroEnd - old, false, below);
+      return;
+    }
+    const firstWhole = Math.ceil(size / cs) * cs;
+    const oldEnd = Math.ceil(old / cs) * cs;
+    if (firstWhole < oldEnd) await this.discard(firstWhole, oldEnd - firstWhole, true);
+    await s.lock.run(async () => {
+      const rc = this.#refcounts();
+      for (let i = Math.ceil(size / l2Span); i < s.l1Entries; i++) {
+        const off = entryOffset(s.l1.getUint32(i * 8), s.l1.getUint32(i * 8 + 4));
+        if (off === 0) continue;
+        s.l1.setUint32(i * 8, 0);
+        s.l1.setUint32(i * 8 + 4, 0);
+        s.l1Dirty = true;
+        s.l2.forget(off);
+        await rc.free(off, 1);
+      }
+    });
+    h.size = size;
+    s.headerDirty = true;
+  }
+
+  /** Move the active L1 table to a larger home; the old one is freed after the header moves. */
+  async #growL1(entries: number): Promise<void> {
+    const s = this.#s;
+    const h = s.meta.header;
+    const rc = this.#refcounts();
+    if (entries * 8 > 32 << 20) throw new Qcow2Error('INVALID_ARGUMENT', 'The image size is too large (try using a larger cluster size)', { entries });
+    const clusters = Math.ceil((entries * 8) / s.clusterSize);
+    const offset = await rc.allocate(clusters);
+    const bytes = new Uint8Array(clusters * s.clusterSize);
+    bytes.set(new Uint8Array(s.l1.buffer, s.l1.byteOffset, s.l1Entries * 8));
+    const oldOffset = h.l1TableOffset;
+    const oldClusters = Math.ceil((s.l1Entries * 8) / s.clusterSize);
+    s.l1 = viewOf(bytes);
+    s.l1Entries = entries;
+    s.l1Dirty = true;
+    h.l1TableOffset = offset;
+    h.l1Size = entries;
+    s.headerDirty = true;
+    if (oldClusters > 0 && oldOffset !== 0) this.#freeAfterHeader.push([oldOffset, oldClusters]);
+  }
+
+  /**
    * Make everything durable in crash-safe order: data, refcount increases, tables, L1,
    * header, refcount decreases, with a storage flush between steps.
    */
@@ -176,6 +308,10 @@ export class Qcow2Writer implements DriverWriter {
       }
       if (s.headerDirty) await this.#writeHeader();
       await s.storage.flush();
+      // Structures the old header pointed to can go now (their refcounts drop in writeFinal).
+      const frees = this.#freeAfterHeader;
+      this.#freeAfterHeader = [];
+      for (const [off, n] of frees) await rc?.free(off, n);
       if (rc !== undefined && rc.dirty) {
         await rc.writeFinal();
         await s.storage.flush();

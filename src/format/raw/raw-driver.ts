@@ -16,15 +16,17 @@ export class RawDriver implements FormatDriver {
   readonly clusterSize = 512;
   readonly backing: DependencyRequest | undefined = undefined;
   readonly storage: Storage;
-  readonly size: number;
   readonly writer: DriverWriter | undefined;
-  readonly #fileSize: number;
+  #fileSize: number;
 
   private constructor(storage: Storage, fileSize: number) {
     this.storage = storage;
     this.#fileSize = fileSize;
-    this.size = Math.ceil(fileSize / 512) * 512;
-    this.writer = storage.readOnly ? undefined : rawWriter(storage);
+    this.writer = storage.readOnly ? undefined : rawWriter(storage, (n) => (this.#fileSize = n));
+  }
+
+  get size(): number {
+    return Math.ceil(this.#fileSize / 512) * 512;
   }
 
   static async open(storage: Storage): Promise<RawDriver> {
@@ -47,9 +49,13 @@ export class RawDriver implements FormatDriver {
 }
 
 /** Raw writes go straight to the storage at the guest offset. */
-function rawWriter(storage: Storage): DriverWriter {
+function rawWriter(storage: Storage, setSize: (size: number) => void): DriverWriter {
   return {
     writeData: (offset, src) => storage.write(src, offset),
+    async resize(size) {
+      await storage.resize(size);
+      setSize(size);
+    },
     async writeZeroes(offset, length) {
       if (storage.writeZeroes !== undefined) return storage.writeZeroes(offset, length);
       for (let p = offset; p < offset + length; p += 4 << 20) await storage.write(new Uint8Array(Math.min(4 << 20, offset + length - p)), p);

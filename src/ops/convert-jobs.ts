@@ -1,0 +1,57 @@
+import { Qcow2Error } from '../errors.js';
+import { type ConcatSource, MAX_STATUS_QUERY, type SourceRunKind } from './concat-source.js';
+
+/** One piece of a conversion: a data range to read and write, or a zero range. */
+export interface Job {
+  seq: number;
+  offset: number;
+  length: number;
+  kind: SourceRunKind;
+}
+
+/** Walks the source's block status and cuts it into jobs the way qemu-img does. */
+export class JobCutter {
+  readonly #source: ConcatSource;
+  readonly #bufferSize: number;
+  readonly #zeroAsData: boolean;
+  #pos = 0;
+  #runEnd = 0;
+  #kind: SourceRunKind = 'data';
+  #seq = 0;
+
+  constructor(source: ConcatSource, bufferSize: number, zeroAsData: boolean) {
+    this.#source = source;
+    this.#bufferSize = bufferSize;
+    this.#zeroAsData = zeroAsData;
+  }
+
+  async next(): Promise<Job | undefined> {
+    const size = this.#source.size;
+    if (this.#pos >= size) return undefined;
+    if (this.#pos >= this.#runEnd) {
+      const run = await statusAt(this.#source, this.#pos, Math.min(size - this.#pos, MAX_STATUS_QUERY));
+      this.#kind = run.kind;
+      this.#runEnd = this.#pos + run.length;
+    }
+    let length = this.#runEnd - this.#pos;
+    // Data goes through a buffer; so do zeros that must be written out in full (-S 0).
+    if (this.#kind === 'data' || this.#zeroAsData) length = Math.min(length, this.#bufferSize);
+    const job: Job = { seq: this.#seq++, offset: this.#pos, length, kind: this.#kind };
+    this.#pos += length;
+    return job;
+  }
+}
+
+async function statusAt(source: ConcatSource, offset: number, maxLength: number): Promise<{ kind: SourceRunKind; length: number }> {
+  try {
+    return await source.status(offset, maxLength);
+  } catch (e) {
+    throw wrapConvertError(e, `error while reading block status at offset ${offset}`, offset, 'status');
+  }
+}
+
+export function wrapConvertError(e: unknown, what: string, offset: number, stage: string): Qcow2Error {
+  const message = e instanceof Error ? e.message : String(e);
+  const code = e instanceof Qcow2Error ? e.code : 'IO';
+  return new Qcow2Error(code, `${what}: ${message}`, { offset, stage }, { cause: e });
+}
