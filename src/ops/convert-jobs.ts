@@ -3,13 +3,18 @@ import { type ConcatSource, MAX_STATUS_QUERY, type SourceRunKind } from './conca
 
 /** One piece of a conversion: a data range to read and write, or a zero range. */
 export interface Job {
+  /** Position in cutting order (writes may be gated on it). */
   seq: number;
   offset: number;
   length: number;
   kind: SourceRunKind;
 }
 
-/** Walks the source's block status and cuts it into jobs the way qemu-img does. */
+/**
+ * Walks the source's block status and cuts it into jobs the way qemu-img's
+ * convert_iteration_sectors does: one block-status query per run (at most
+ * {@link MAX_STATUS_QUERY} bytes), data cut into buffer-sized pieces from the run start.
+ */
 export class JobCutter {
   readonly #source: ConcatSource;
   readonly #bufferSize: number;
@@ -50,6 +55,7 @@ async function statusAt(source: ConcatSource, offset: number, maxLength: number)
   }
 }
 
+/** Wrap a failure with qemu-img's "error while ... at byte N" wording, keeping the code. */
 export function wrapConvertError(e: unknown, what: string, offset: number, stage: string): Qcow2Error {
   const message = e instanceof Error ? e.message : String(e);
   const code = e instanceof Qcow2Error ? e.code : 'IO';

@@ -1,7 +1,7 @@
 import { Qcow2Error } from '../errors.js';
 import type { ImageReader } from '../image/types.js';
 import { ConcatSource } from './concat-source.js';
-import { JobCutter, type Job } from './convert-jobs.js';
+import { JobCutter, wrapConvertError, type Job } from './convert-jobs.js';
 import type { ConvertTarget } from './convert-target.js';
 import { OrderGate } from './order-gate.js';
 import { allocatedRunMin, SECTOR, wordsOf } from './sector-scan.js';

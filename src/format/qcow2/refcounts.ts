@@ -267,17 +267,24 @@ export class Refcounts {
     let c = Math.max(this.#freeHint, 1);
     let run = 0;
     let start = c;
+    let firstFree = -1;
     for (;;) {
       if (await this.#isFree(c)) {
+        if (firstFree < 0) firstFree = c;
         if (run === 0) start = c;
         run++;
-        if (run === count) return start;
+        if (run === count) {
+          // Everything below the first free cluster seen is in use: later scans start there.
+          this.#freeHint = firstFree;
+          return start;
+        }
       } else {
         run = 0;
       }
       c++;
     }
   }
+
 }
 
 // TODO(lead): switch to refcount-codec.ts once it lands; these are the same rules.
