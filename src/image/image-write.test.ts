@@ -128,3 +128,22 @@ test('writes to a read-only image are refused', async () => {
   const image = await openImage(new MemoryStorage(img), { format: 'qcow2', codecs });
   await assert.rejects(image.write(new Uint8Array(10), 0), (e: unknown) => e instanceof Qcow2Error && e.code === 'READ_ONLY');
 });
+
+test('a write that would hit metadata marks the image corrupt instead of damaging it', async () => {
+  const cs = 65536;
+  // Cluster 0's L2 entry claims the L1 table (cluster 3) as its data, COPIED set (iotest 060).
+  const bytes = buildQcow2({ size: 1 << 20, entries: [{ cluster: 0, kind: 'raw-entry', hi: 0x80000000, lo: 3 * cs }] });
+  const store = new MemoryStorage(bytes, 'bad.qcow2');
+  const image = await openImage(store, { format: 'qcow2', codecs, readOnly: false });
+  await assert.rejects(image.write(new Uint8Array(512).fill(1), 0),
+    (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT' && /overlaps with active L1 table/.test(e.message));
+  await assert.rejects(image.write(new Uint8Array(512), cs), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
+  const after = store.bytes().slice();
+  // The L1 table is intact and the corrupt bit is set on disk.
+  assert.deepEqual(after.subarray(3 * cs, 3 * cs + 16), bytes.subarray(3 * cs, 3 * cs + 16));
+  assert.equal(after[79]! & 2, 2);
+  await assert.rejects(openImage(new MemoryStorage(after.slice()), { format: 'qcow2', codecs, readOnly: false }),
+    (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
+  const ro = await openImage(new MemoryStorage(after.slice()), { format: 'qcow2', codecs });
+  await ro.read(new Uint8Array(512), 0);
+});

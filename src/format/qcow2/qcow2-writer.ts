@@ -1,6 +1,8 @@
 import { Qcow2Error } from '../../errors.js';
 import { viewOf } from '../../util/bytes.js';
-import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_DIRTY, withBit } from './features.js';
+import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, withBit } from './features.js';
+import { OverlapCheck } from './overlap-check.js';
+import { encodeSnapshotTable } from './snapshot-table.js';
 import { encodeHeader } from './header.js';
 import type { Qcow2State } from './qcow2-state.js';
 import type { BelowReader, DriverWriter } from '../driver.js';
@@ -37,9 +39,39 @@ export class Qcow2Writer implements DriverWriter {
   /** Clusters still named by the on-disk header until the next flush rewrites it. */
   #freeAfterHeader: [number, number][] = [];
 
+  readonly #overlap: OverlapCheck;
+  /** Set once metadata inconsistency was found: no further writes. */
+  #corrupt = false;
+
   constructor(state: Qcow2State, hasBacking: boolean) {
     this.#s = state;
     this.#hasBacking = hasBacking;
+    const sn = state.meta.snapshots;
+    this.#overlap = new OverlapCheck(state, sn.length > 0 ? encodeSnapshotTable(sn).byteLength : 0);
+  }
+
+  /**
+   * Refuse a data write that would land on metadata: mark the image corrupt (as QEMU does)
+   * instead of damaging it.
+   */
+  async #guard(hostOffset: number, length: number): Promise<void> {
+    if (this.#external) return;
+    const hit = this.#overlap.check(hostOffset, length);
+    if (hit === undefined) return;
+    const message = `Preventing invalid write on metadata (overlaps with ${hit})`;
+    await this.#markCorrupt(message);
+    throw new Qcow2Error('CORRUPT', message, { hostOffset, length, structure: hit });
+  }
+
+  async #markCorrupt(reason: string): Promise<void> {
+    if (this.#corrupt) return;
+    this.#corrupt = true;
+    const h = this.#s.meta.header;
+    if (h.version < 3) return;
+    h.incompatibleFeatures = withBit(h.incompatibleFeatures, INCOMPAT_CORRUPT, true);
+    await this.#writeHeader();
+    await this.#s.storage.flush();
+    void reason;
   }
 
   /** Writable-open housekeeping, as QEMU does: unknown (and unmaintained) autoclear bits are cleared. */
@@ -189,6 +221,7 @@ export class Qcow2Writer implements DriverWriter {
       }
       return this.#allocateBytes(packed.byteLength);
     });
+    await this.#guard(host, packed.byteLength);
     await s.storage.write(packed, host);
     await s.lock.run(async () => {
       const { offset: l2Offset, table } = await this.#writableL2(l1Index);
@@ -254,6 +287,7 @@ export class Qcow2Writer implements DriverWriter {
         s.l1.setUint32(i * 8 + 4, 0);
         s.l1Dirty = true;
         s.l2.forget(off);
+        this.#overlap.l2Removed(off);
         await rc.free(off, 1);
       }
     });
@@ -342,6 +376,7 @@ export class Qcow2Writer implements DriverWriter {
   /** With lazy refcounts QEMU marks the image dirty before deferring refcount updates. */
   async #beforeMetadataChange(): Promise<void> {
     if (this.#s.readOnly) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only');
+    if (this.#corrupt) throw new Qcow2Error('CORRUPT', 'Image is corrupt; further writes are refused', {});
     const h = this.#s.meta.header;
     if (this.#dirtyBitSet || h.version < 3 || !hasBit(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS)) return;
     await this.#s.lock.run(async () => {
@@ -406,8 +441,10 @@ export class Qcow2Writer implements DriverWriter {
     if (offset !== 0) {
       bytes = (await s.l2.get(offset)).slice();
       await rc.free(offset, 1);
+      this.#overlap.l2Removed(offset);
     }
     s.l2.create(fresh, bytes);
+    this.#overlap.l2Added(fresh);
     const [nhi, nlo] = encodeStandard(fresh, true);
     s.l1.setUint32(l1Index * 8, nhi);
     s.l1.setUint32(l1Index * 8 + 4, nlo);
@@ -475,6 +512,7 @@ export class Qcow2Writer implements DriverWriter {
     const plan = await s.lock.run(() => this.#plan(l1Index, pos, end));
     const length = plan.length;
     if (plan.kind === 'inplace') {
+      await this.#guard(plan.host, length);
       await s.meta.dataStorage.write(data.subarray(0, length), plan.host);
       return length;
     }
@@ -498,6 +536,7 @@ export class Qcow2Writer implements DriverWriter {
       region.set(data.subarray(0, length), pos - regionStart);
       if (regionEnd > dataEnd) await this.#readOld(oldLast, lastClusterStart, region.subarray(dataEnd - regionStart), dataEnd, below);
     }
+    await this.#guard(plan.host + (regionStart - startCluster), region.byteLength);
     await s.meta.dataStorage.write(region, plan.host + (regionStart - startCluster));
     await s.lock.run(async () => {
       const { offset: l2Offset, table } = await this.#writableL2(l1Index);

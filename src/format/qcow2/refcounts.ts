@@ -43,6 +43,7 @@ export class Refcounts {
   /** Clusters of old refcount tables to free once the header points elsewhere. */
   #retired: ReftableLocation[] = [];
   readonly #lock = new AsyncMutex();
+  #refblockSet: Set<number> | undefined;
 
   private constructor(storage: Storage, clusterBits: number, refcountOrder: number, location: ReftableLocation, reftable: Uint8Array, fileSize: number) {
     this.#storage = storage;
@@ -173,6 +174,18 @@ export class Refcounts {
     this.#diskCopies.clear();
   }
 
+  /** True when host offset `offset` holds a refcount block (for the overlap check). */
+  isRefblock(offset: number): boolean {
+    if (this.#refblockSet === undefined) {
+      this.#refblockSet = new Set();
+      for (let i = 0; i < this.#reftable.byteLength / 8; i++) {
+        const off = this.#blockOffset(i * this.#entriesPerBlock);
+        if (off !== 0) this.#refblockSet.add(off);
+      }
+    }
+    return this.#refblockSet.has(offset);
+  }
+
   /** Old refcount tables replaced by growth, to free after the header is rewritten. */
   get retiredTables(): readonly ReftableLocation[] {
     return this.#retired;
@@ -215,6 +228,7 @@ export class Refcounts {
     const atIdx = Math.floor(at / this.#entriesPerBlock);
     const offset = at * this.#clusterSize;
     const block = this.#blocks.create(offset);
+    this.#refblockSet?.add(offset);
     this.#diskCopies.set(offset, new Uint8Array(this.#clusterSize));
     writeU64(this.#reftableView, idx * 8, offset);
     this.#reftableDirty = true;

@@ -1,0 +1,61 @@
+import type { Qcow2State } from './qcow2-state.js';
+import { entryOffset } from './table-entries.js';
+
+/**
+ * QEMU's "cached" overlap check: before guest data is written to the image file, make sure
+ * the target does not hit metadata (header, L1/L2 tables, refcount structures, snapshot
+ * table and snapshot L1 tables). Everything checked is already in memory; the sets of L2
+ * tables and refcount blocks are built once and kept current by the writer.
+ */
+export class OverlapCheck {
+  readonly #s: Qcow2State;
+  #l2: Set<number> | undefined;
+  readonly #snapshotTableBytes: number;
+
+  constructor(state: Qcow2State, snapshotTableBytes: number) {
+    this.#s = state;
+    this.#snapshotTableBytes = snapshotTableBytes;
+  }
+
+  /** The writer allocated or freed an active L2 table. */
+  l2Added(offset: number): void {
+    this.#l2?.add(offset);
+  }
+
+  l2Removed(offset: number): void {
+    this.#l2?.delete(offset);
+  }
+
+  /** Name of the metadata structure `[offset, offset + length)` overlaps, if any. */
+  check(offset: number, length: number): string | undefined {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const end = offset + length;
+    const hits = (start: number, bytes: number): boolean => bytes > 0 && offset < start + bytes && start < end;
+    const h = s.meta.header;
+    if (offset < cs) return 'qcow2_header';
+    if (hits(h.l1TableOffset, s.l1Entries * 8)) return 'active L1 table';
+    const rc = s.refcounts;
+    if (rc !== undefined) {
+      if (hits(rc.location.offset, rc.location.clusters * cs)) return 'refcount table';
+      for (let c = Math.floor(offset / cs); c * cs < end; c++) if (rc.isRefblock(c * cs)) return 'refcount block';
+    }
+    if (hits(h.snapshotsOffset, this.#snapshotTableBytes)) return 'snapshot table';
+    for (const sn of s.meta.snapshots) if (hits(sn.l1TableOffset, sn.l1Size * 8)) return 'inactive L1 table';
+    const l2 = this.#l2Set();
+    for (let c = Math.floor(offset / cs); c * cs < end; c++) if (l2.has(c * cs)) return 'active L2 table';
+    return undefined;
+  }
+
+  #l2Set(): Set<number> {
+    if (this.#l2 === undefined) {
+      const s = this.#s;
+      this.#l2 = new Set();
+      for (let i = 0; i < s.l1Entries; i++) {
+        const off = entryOffset(s.l1.getUint32(i * 8), s.l1.getUint32(i * 8 + 4));
+        if (off !== 0) this.#l2.add(off);
+      }
+    }
+    return this.#l2;
+  }
+}
