@@ -46,8 +46,11 @@ export interface DriverWriter {
   writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void>;
   /** Make the range read as zeros; `unmap` allows freeing the host space. */
   writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void>;
-  /** Hint that a range is unused (whole clusters; the result reads as zeros or as the backing file). */
-  discard(offset: number, length: number): Promise<void>;
+  /**
+   * Hint that a range is unused (whole clusters): it then reads as zeros, or with `full` as
+   * the backing file.
+   */
+  discard(offset: number, length: number, full?: boolean): Promise<void>;
   /**
    * Store one whole cluster compressed (`src.length` = cluster size, or the shorter tail of
    * the disk). Only into unallocated clusters, as QEMU; optional.
@@ -55,6 +58,8 @@ export interface DriverWriter {
   writeCompressed?(offset: number, src: Uint8Array): Promise<void>;
   /** Change the virtual size (qcow2: grow L1; shrink frees clusters past the end). Optional. */
   resize?(size: number, below: BelowReader, belowSize: number | undefined): Promise<void>;
+  /** Rewrite the backing file reference (`undefined` detaches). Optional. */
+  setBacking?(name: string | undefined, format: string | undefined): Promise<void>;
   /** Make all completed writes durable. */
   flush(): Promise<void>;
   /** Flush and leave the image clean. */

@@ -148,11 +148,15 @@ export class Image implements ImageReader {
     });
   }
 
-  /** Discard whole clusters in the range (partial clusters are left as they are, like QEMU). */
-  async discard(offset: number, length: number): Promise<void> {
+  /**
+   * Discard whole clusters in the range (partial clusters are left as they are, like QEMU).
+   * They then read as zeros; with `full`, they become unallocated again so that the backing
+   * file shows through (what `commit` needs to empty an overlay).
+   */
+  async discard(offset: number, length: number, options: { full?: boolean } = {}): Promise<void> {
     checkRange(offset, length, this.size);
     if (length === 0) return;
-    await this.#locked(offset, length, (w) => w.discard(offset, length));
+    await this.#locked(offset, length, (w) => w.discard(offset, length, options.full ?? false));
   }
 
   /**
@@ -171,6 +175,17 @@ export class Image implements ImageReader {
       this.#clusters.clear();
       release();
     }
+  }
+
+  /**
+   * Rewrite the image's backing file reference (name and format; `undefined` removes it).
+   * Content is not copied (that is rebase's job) and this open Image keeps its current chain.
+   */
+  async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
+    const w = this.driver.writer;
+    if (w === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only', {});
+    if (w.setBacking === undefined) throw new Qcow2Error('UNSUPPORTED', 'This image format has no backing file', {});
+    await w.setBacking(name, format);
   }
 
   /** Make completed writes durable. */

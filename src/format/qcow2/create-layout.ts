@@ -376,6 +376,8 @@ class CreateSimulator {
     let c = first;
     while (c < end) {
       if (this.allocRefblock(c) === AGAIN) {
+        // The caller restarts its search; QEMU has it try the same clusters first.
+        if (this.fci > first) this.fci = first;
         this.#apply(first, c, delta > 0 ? -1 : 1);
         return AGAIN;
       }

@@ -1,9 +1,10 @@
 import { Qcow2Error } from '../../errors.js';
-import { viewOf } from '../../util/bytes.js';
 import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, withBit } from './features.js';
 import { OverlapCheck } from './overlap-check.js';
 import { encodeSnapshotTable } from './snapshot-table.js';
 import { encodeHeader } from './header.js';
+import { encodeExtensions, EXT_BACKING_FORMAT, extensionsLength, stringExtension } from './header-extensions.js';
+import { encodeText, viewOf } from '../../util/bytes.js';
 import type { Qcow2State } from './qcow2-state.js';
 import type { BelowReader, DriverWriter } from '../driver.js';
 import { compressedClusters, decodeCompressed, encodeCompressed, encodeStandard, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
@@ -247,6 +248,42 @@ export class Qcow2Writer implements DriverWriter {
   }
 
   /**
+   * Point the image at another backing file (or none), rewriting cluster 0 the way QEMU does:
+   * header, extensions (backing format replaced), end marker, then the backing file name.
+   */
+  async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
+    const s = this.#s;
+    const h = s.meta.header;
+    if (name !== undefined && name.length > 1023) throw new Qcow2Error('INVALID_ARGUMENT', 'Backing file name too long', {});
+    if (name !== undefined && s.meta.dataFileRaw) {
+      throw new Qcow2Error('INVALID_ARGUMENT', 'data-file-raw cannot be combined with a backing file', {});
+    }
+    await this.#beforeMetadataChange();
+    await s.lock.run(async () => {
+      const exts = s.meta.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
+      if (name !== undefined && format !== undefined) exts.unshift(stringExtension(EXT_BACKING_FORMAT, format));
+      const nameBytes = encodeText(name ?? '');
+      const cluster0 = new Uint8Array(s.clusterSize);
+      const extStart = h.version === 2 ? 72 : h.headerLength;
+      if (extStart + extensionsLength(exts) + nameBytes.byteLength > s.clusterSize) {
+        throw new Qcow2Error('INVALID_ARGUMENT', 'Header extensions and backing file name do not fit in the first cluster', {});
+      }
+      const nameAt = encodeExtensions(exts, cluster0, extStart);
+      h.backingFileOffset = name === undefined ? 0 : nameAt;
+      h.backingFileSize = name === undefined ? 0 : nameBytes.byteLength;
+      cluster0.set(nameBytes, nameAt);
+      encodeHeader(h, cluster0);
+      // Everything else must be on disk first: the new header is the commit point.
+      await this.#flushLocked();
+      await s.storage.write(cluster0, 0);
+      await s.storage.flush();
+      s.meta.extensions = exts;
+      s.meta.backingName = name;
+      s.meta.backingFormat = name === undefined ? undefined : format;
+    });
+  }
+
+  /**
    * Change the virtual size. Growing makes the new area read as zeros even where a longer
    * backing file has data (QEMU iotest 292); shrinking frees every cluster past the end.
    */
@@ -321,8 +358,13 @@ export class Qcow2Writer implements DriverWriter {
    * header, refcount decreases, with a storage flush between steps.
    */
   async flush(): Promise<void> {
+    await this.#s.lock.run(() => this.#flushLocked());
+  }
+
+  /** The flush sequence; call with the metadata lock held. */
+  async #flushLocked(): Promise<void> {
     const s = this.#s;
-    await s.lock.run(async () => {
+    {
       const rc = s.refcounts;
       if (s.meta.dataStorage !== s.storage) await s.meta.dataStorage.flush();
       await s.storage.flush();
@@ -350,7 +392,7 @@ export class Qcow2Writer implements DriverWriter {
         await rc.writeFinal();
         await s.storage.flush();
       }
-    });
+    }
   }
 
   /** Flush, then clear the dirty bit set for lazy refcounts. */
