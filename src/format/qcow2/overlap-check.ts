@@ -10,11 +10,19 @@ import { entryOffset } from './table-entries.js';
 export class OverlapCheck {
   readonly #s: Qcow2State;
   #l2: Set<number> | undefined;
-  readonly #snapshotTableBytes: number;
+  #snapshotTableBytes: number | undefined;
+  readonly #tableBytes: () => number;
 
-  constructor(state: Qcow2State, snapshotTableBytes: number) {
+  /** `snapshotTableBytes` measures the current snapshot table (recomputed after `reset`). */
+  constructor(state: Qcow2State, snapshotTableBytes: () => number) {
     this.#s = state;
-    this.#snapshotTableBytes = snapshotTableBytes;
+    this.#tableBytes = snapshotTableBytes;
+  }
+
+  /** Tables moved wholesale (snapshot apply/create/delete): rebuild from memory on next use. */
+  reset(): void {
+    this.#l2 = undefined;
+    this.#snapshotTableBytes = undefined;
   }
 
   /** The writer allocated or freed an active L2 table. */
@@ -40,6 +48,7 @@ export class OverlapCheck {
       if (hits(rc.location.offset, rc.location.clusters * cs)) return 'refcount table';
       for (let c = Math.floor(offset / cs); c * cs < end; c++) if (rc.isRefblock(c * cs)) return 'refcount block';
     }
+    this.#snapshotTableBytes ??= this.#tableBytes();
     if (hits(h.snapshotsOffset, this.#snapshotTableBytes)) return 'snapshot table';
     for (const sn of s.meta.snapshots) if (hits(sn.l1TableOffset, sn.l1Size * 8)) return 'inactive L1 table';
     const l2 = this.#l2Set();

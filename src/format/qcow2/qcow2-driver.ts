@@ -17,6 +17,7 @@ import { Refcounts } from './refcounts.js';
 import type { Qcow2State } from './qcow2-state.js';
 import { TableCache } from './table-cache.js';
 import { Qcow2Writer } from './qcow2-writer.js';
+import { findSnapshot, Qcow2Snapshots } from './snapshot-ops.js';
 import type { SnapshotEntry } from './snapshot-table.js';
 import { decodeCompressed, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 import { MAX_L1_BYTES, validateCompressionType, validateHeaderFields, validateIncompatibleFeatures, validateTables } from './validate-header.js';
@@ -55,6 +56,8 @@ const enum Unit {
  * const m = await drv.getMapping(0, drv.size);
  * ```
  */
+export { findSnapshot };
+
 export class Qcow2Driver implements FormatDriver {
   readonly format = 'qcow2';
   readonly storage: Storage;
@@ -66,6 +69,8 @@ export class Qcow2Driver implements FormatDriver {
   /** Shared with the write path. */
   readonly state: Qcow2State;
   readonly writer: Qcow2Writer | undefined;
+  /** Internal snapshot operations (writable images only). */
+  readonly snapshots: Qcow2Snapshots | undefined;
   readonly #clusterBits: number;
   readonly #ownsDataStorage: boolean;
 
@@ -89,6 +94,7 @@ export class Qcow2Driver implements FormatDriver {
     };
     this.#ownsDataStorage = meta.dataStorage !== storage;
     this.writer = opts.readOnly ? undefined : new Qcow2Writer(this.state, this.backing !== undefined);
+    this.snapshots = this.writer === undefined ? undefined : new Qcow2Snapshots(this.state, this.writer);
   }
 
   /** Parse, validate and load the metadata needed for reading. */
@@ -305,9 +311,4 @@ function invalidEntry(l2Offset: number, l2Index: number): Qcow2Error {
 
 function hex(n: number): string {
   return '0x' + n.toString(16);
-}
-
-/** Find a snapshot by id first, then by name, as QEMU does for `-l` and `snapshot -a`. */
-export function findSnapshot(snapshots: readonly SnapshotEntry[], idOrName: string): SnapshotEntry | undefined {
-  return snapshots.find((s) => s.id === idOrName) ?? snapshots.find((s) => s.name === idOrName);
 }

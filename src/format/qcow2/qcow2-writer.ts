@@ -47,8 +47,15 @@ export class Qcow2Writer implements DriverWriter {
   constructor(state: Qcow2State, hasBacking: boolean) {
     this.#s = state;
     this.#hasBacking = hasBacking;
-    const sn = state.meta.snapshots;
-    this.#overlap = new OverlapCheck(state, sn.length > 0 ? encodeSnapshotTable(sn).byteLength : 0);
+    this.#overlap = new OverlapCheck(state, () => {
+      const sn = state.meta.snapshots;
+      return sn.length > 0 ? encodeSnapshotTable(sn).byteLength : 0;
+    });
+  }
+
+  /** Whole tables were replaced (snapshots): drop derived views of the metadata. */
+  metadataMoved(): void {
+    this.#overlap.reset();
   }
 
   /**
@@ -274,7 +281,7 @@ export class Qcow2Writer implements DriverWriter {
       cluster0.set(nameBytes, nameAt);
       encodeHeader(h, cluster0);
       // Everything else must be on disk first: the new header is the commit point.
-      await this.#flushLocked();
+      await this.flushLocked();
       await s.storage.write(cluster0, 0);
       await s.storage.flush();
       s.meta.extensions = exts;
@@ -358,11 +365,11 @@ export class Qcow2Writer implements DriverWriter {
    * header, refcount decreases, with a storage flush between steps.
    */
   async flush(): Promise<void> {
-    await this.#s.lock.run(() => this.#flushLocked());
+    await this.#s.lock.run(() => this.flushLocked());
   }
 
   /** The flush sequence; call with the metadata lock held. */
-  async #flushLocked(): Promise<void> {
+  async flushLocked(): Promise<void> {
     const s = this.#s;
     {
       const rc = s.refcounts;
@@ -405,6 +412,16 @@ export class Qcow2Writer implements DriverWriter {
       await this.#s.storage.flush();
       this.#dirtyBitSet = false;
     }
+  }
+
+  /** Rewrite the fixed header from `meta.header` (call with the lock held). */
+  writeHeaderLocked(): Promise<void> {
+    return this.#writeHeader();
+  }
+
+  /** Hook for code that changes metadata: lazy-refcount dirty bit, read-only and corrupt checks. */
+  beforeMetadataChange(): Promise<void> {
+    return this.#beforeMetadataChange();
   }
 
   async #writeHeader(): Promise<void> {
