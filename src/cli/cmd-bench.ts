@@ -100,9 +100,9 @@ export async function runBenchCommand(argv: readonly string[], io: CliIO, deps: 
   // qemu-img waits forever here; say why instead.
   if (o.depth === 0 && o.count > 0) throw new CliError('Invalid queue depth specified');
 
+  if (o.forceShare && o.write) throw new CliError(`Could not open '${file}': force-share=on can only be used with read-only images`);
   const image = await deps.open(file, { format: o.format, readOnly: !o.write });
   try {
-    if (o.forceShare && o.write) throw new CliError(`Could not open '${file}': force-share=on can only be used with read-only images`);
     if (o.nativeAio && !o.direct) {
       throw new CliError(`Could not open '${file}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
     }

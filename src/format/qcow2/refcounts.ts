@@ -2,6 +2,7 @@ import { invalidImage, Qcow2Error } from '../../errors.js';
 import type { Storage } from '../../storage/storage.js';
 import { readU64, viewOf, writeU64 } from '../../util/bytes.js';
 import { TableCache } from './table-cache.js';
+import { getRefcount, setRefcount } from './refcount-codec.js';
 import { AsyncMutex } from '../../util/async-mutex.js';
 
 /** Where the refcount table lives; changes when the table grows. */
@@ -27,6 +28,7 @@ export class Refcounts {
   readonly #clusterSize: number;
   readonly #clusterBits: number;
   readonly #bits: number;
+  readonly #order: number;
   readonly #entriesPerBlock: number;
   readonly #max: number;
   #reftable: Uint8Array;
@@ -50,6 +52,7 @@ export class Refcounts {
     this.#clusterBits = clusterBits;
     this.#clusterSize = 2 ** clusterBits;
     this.#bits = 2 ** refcountOrder;
+    this.#order = refcountOrder;
     this.#entriesPerBlock = (this.#clusterSize * 8) / this.#bits;
     this.#max = this.#bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.#bits - 1;
     this.#location = location;
@@ -82,7 +85,7 @@ export class Refcounts {
   /** The refcount of host cluster `cluster` as currently known (memory). */
   async get(cluster: number): Promise<number> {
     const block = await this.#block(cluster, false);
-    return block === undefined ? 0 : getRefcount(block, cluster % this.#entriesPerBlock, this.#bits);
+    return block === undefined ? 0 : getRefcount(block, cluster % this.#entriesPerBlock, this.#order);
   }
 
   /** Add `delta` to the refcount of `count` clusters starting at host offset `offset`. */
@@ -92,7 +95,7 @@ export class Refcounts {
       const block = (await this.#block(c, delta > 0))!;
       const blockOffset = this.#blockOffset(c);
       const i = c % this.#entriesPerBlock;
-      const old = getRefcount(block, i, this.#bits);
+      const old = getRefcount(block, i, this.#order);
       const next = old + delta;
       if (next < 0 || next > this.#max) {
         throw new Qcow2Error('CORRUPT', next < 0
@@ -100,7 +103,7 @@ export class Refcounts {
           : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
       }
       this.#keepDiskCopy(blockOffset, block);
-      setRefcount(block, i, this.#bits, next);
+      setRefcount(block, i, this.#order, next);
       this.#blocks.markDirty(blockOffset);
       if (next === 0 && c < this.#freeHint) this.#freeHint = c;
       if (c >= this.#end) this.#end = c + 1;
@@ -150,8 +153,8 @@ export class Refcounts {
       if (disk === undefined) return current.slice();
       const merged = current.slice();
       for (let i = 0; i < this.#entriesPerBlock; i++) {
-        const d = getRefcount(disk, i, this.#bits);
-        if (d > getRefcount(merged, i, this.#bits)) setRefcount(merged, i, this.#bits, d);
+        const d = getRefcount(disk, i, this.#order);
+        if (d > getRefcount(merged, i, this.#order)) setRefcount(merged, i, this.#order, d);
       }
       this.#diskCopies.set(off, merged.slice());
       this.#blocks.markDirty(off); // decreases still pending
@@ -234,7 +237,7 @@ export class Refcounts {
     this.#reftableDirty = true;
     if (at + 1 > this.#end) this.#end = at + 1;
     if (atIdx === idx) {
-      setRefcount(block, at % this.#entriesPerBlock, this.#bits, 1); // the block describes itself
+      setRefcount(block, at % this.#entriesPerBlock, this.#order, 1); // the block describes itself
     } else {
       await this.update(offset, 1, 1);
     }
@@ -265,9 +268,9 @@ export class Refcounts {
     if (off === 0) return this.#noTableUses(cluster);
     const block = await this.#blocks.get(off);
     const i = cluster % this.#entriesPerBlock;
-    if (getRefcount(block, i, this.#bits) !== 0) return false;
+    if (getRefcount(block, i, this.#order) !== 0) return false;
     const disk = this.#diskCopies.get(off);
-    return disk === undefined || getRefcount(disk, i, this.#bits) === 0;
+    return disk === undefined || getRefcount(disk, i, this.#order) === 0;
   }
 
   /** A cluster without a refblock is free unless a pending reftable occupies it. */
@@ -299,32 +302,4 @@ export class Refcounts {
     }
   }
 
-}
-
-// TODO(lead): switch to refcount-codec.ts once it lands; these are the same rules.
-function getRefcount(block: Uint8Array, i: number, bits: number): number {
-  const v = viewOf(block);
-  switch (bits) {
-    case 64: return readU64(v, i * 8);
-    case 32: return v.getUint32(i * 4);
-    case 16: return v.getUint16(i * 2);
-    case 8: return block[i]!;
-    default: return (block[(i * bits) >>> 3]! >>> ((i * bits) & 7)) & ((1 << bits) - 1);
-  }
-}
-
-function setRefcount(block: Uint8Array, i: number, bits: number, value: number): void {
-  const v = viewOf(block);
-  switch (bits) {
-    case 64: writeU64(v, i * 8, value); return;
-    case 32: v.setUint32(i * 4, value); return;
-    case 16: v.setUint16(i * 2, value); return;
-    case 8: block[i] = value; return;
-    default: {
-      const byte = (i * bits) >>> 3;
-      const shift = (i * bits) & 7;
-      const mask = ((1 << bits) - 1) << shift;
-      block[byte] = (block[byte]! & ~mask) | ((value << shift) & mask);
-    }
-  }
 }
