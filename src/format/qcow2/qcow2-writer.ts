@@ -240,19 +240,37 @@ export class Qcow2Writer implements DriverWriter {
     await this.#relieveCaches();
   }
 
-  /** Byte allocation for compressed clusters: fill the current host cluster, then start a new one. */
+  /**
+   * Byte allocation for compressed clusters, as QEMU's qcow2_alloc_bytes: continue right after
+   * the previous compressed cluster, spilling into the next host cluster when that one is
+   * contiguous; each host cluster's refcount counts the compressed clusters touching it.
+   */
   async #allocateBytes(length: number): Promise<number> {
     const rc = this.#refcounts();
     const cs = this.#s.clusterSize;
-    let off = this.#byteCursor;
-    if (off !== 0 && off % cs !== 0 && cs - (off % cs) >= length && (await rc.get(Math.floor(off / cs))) < rc.refcountMax) {
-      await rc.addRef(Math.floor(off / cs) * cs, 1);
-    } else {
-      off = await rc.allocate(Math.ceil(length / cs));
+    const off = this.#byteCursor;
+    const current = Math.floor(off / cs) * cs;
+    if (off !== 0 && off % cs !== 0 && (await rc.get(current / cs)) < rc.refcountMax) {
+      const free = cs - (off % cs);
+      if (length <= free) {
+        await rc.addRef(current, 1);
+        this.#byteCursor = off + length;
+        return off;
+      }
+      const extra = Math.ceil((length - free) / cs);
+      const next = await rc.allocate(extra);
+      if (next === current + cs) {
+        await rc.addRef(current, 1);
+        this.#byteCursor = off + length;
+        return off;
+      }
+      await rc.free(next, extra);
     }
-    this.#byteCursor = off + length;
-    return off;
+    const fresh = await rc.allocate(Math.ceil(length / cs));
+    this.#byteCursor = fresh + length;
+    return fresh;
   }
+
 
   /**
    * Point the image at another backing file (or none), rewriting cluster 0 the way QEMU does:
