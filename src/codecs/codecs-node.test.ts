@@ -8,9 +8,17 @@ import { sampleCluster, sectorRound } from './codec-samples.test.helper.js';
 
 test.after(() => nodeCodecs.close());
 
-test('nodeCodecs uses node:zlib for zlib', () => {
-  assert.equal(nodeCodecs.decompressor('zlib'), deflateNodeDecompressor);
-  assert.equal(nodeCodecs.compressor('zlib'), deflateNodeCompressor);
+test('nodeCodecs zlib (worker threads) reads what node:zlib writes and the reverse', async () => {
+  const cluster = new Uint8Array(65536).map((_, i) => (i % 97 < 50 ? 7 : i & 0xff));
+  const viaPool = await nodeCodecs.compressor('zlib').compress(cluster);
+  const viaZlib = await deflateNodeCompressor.compress(cluster);
+  assert.ok(viaPool && viaZlib);
+  const a = new Uint8Array(65536);
+  const b = new Uint8Array(65536);
+  await deflateNodeDecompressor.decompress(viaPool, a);
+  await nodeCodecs.decompressor('zlib').decompress(viaZlib, b);
+  assert.deepEqual(a, cluster);
+  assert.deepEqual(b, cluster);
 });
 
 test('nodeCodecs refuses unknown compression types', () => {

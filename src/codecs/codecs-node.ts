@@ -4,7 +4,6 @@
  */
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor, CodecSet, CompressionType } from './codec.js';
-import { deflateNodeCompressor, deflateNodeDecompressor } from './deflate-node.js';
 import { ZstdWorkerPool, defaultZstdThreads } from './zstd-node.js';
 
 /** A codec set that owns worker threads; `close()` stops them (idle ones never block exit). */
@@ -38,14 +37,18 @@ function unknownType(type: unknown): Qcow2Error {
  */
 export function createNodeCodecs(options: NodeCodecOptions = {}): NodeCodecSet {
   const pool = new ZstdWorkerPool({ threads: options.zstdThreads ?? defaultZstdThreads() });
+  const zlibDecompressor = pool.decompressorFor('zlib');
+  const zlibCompressor = pool.compressorFor('zlib');
   return {
     decompressor(type: CompressionType): ClusterDecompressor {
-      if (type === 'zlib') return deflateNodeDecompressor;
+      // zlib runs on the same worker threads: node:zlib's async API costs more per 64 KiB
+      // cluster (stream objects, copies) than a message round trip to a worker.
+      if (type === 'zlib') return zlibDecompressor;
       if (type === 'zstd') return pool.decompressor;
       throw unknownType(type);
     },
     compressor(type: CompressionType): ClusterCompressor {
-      if (type === 'zlib') return deflateNodeCompressor;
+      if (type === 'zlib') return zlibCompressor;
       if (type === 'zstd') return pool.compressor;
       throw unknownType(type);
     },

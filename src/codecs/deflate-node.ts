@@ -76,3 +76,28 @@ export const deflateNodeCompressor: ClusterCompressor = {
     return out.byteLength < src.byteLength ? ownBytes(out) : undefined;
   },
 };
+
+/**
+ * Synchronous raw-deflate decode into `dst` (for worker threads): stops at the end of the
+ * stream, ignores trailing bytes, and keeps only the first cluster of a longer stream.
+ */
+export function inflateSyncNode(src: Uint8Array, dst: Uint8Array): void {
+  let out: Buffer;
+  try {
+    out = zlib.inflateRawSync(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  } catch (cause) {
+    throw new Qcow2Error('DECOMPRESS', `deflate: ${(cause as Error).message}`, {}, { cause });
+  }
+  if (out.byteLength < dst.byteLength) {
+    throw new Qcow2Error('DECOMPRESS', 'deflate: stream ended before the cluster was full', {
+      produced: out.byteLength, expected: dst.byteLength,
+    });
+  }
+  dst.set(out.subarray(0, dst.byteLength));
+}
+
+/** Synchronous raw-deflate encode with QEMU's parameters; undefined when it does not shrink. */
+export function deflateSyncNode(src: Uint8Array): Uint8Array | undefined {
+  const out = zlib.deflateRawSync(src, { windowBits: 12, memLevel: 9 });
+  return out.byteLength < src.byteLength ? ownBytes(out) : undefined;
+}

@@ -1,10 +1,12 @@
 /**
- * Worker-thread side of the zstd pool (zstd-node.ts): decodes and encodes clusters with
- * the WebAssembly codec and sends results back as transferred buffers.
+ * Worker-thread side of the codec pool (zstd-node.ts): decodes and encodes clusters (zstd
+ * with the WebAssembly codec, zlib with node:zlib's synchronous calls) and sends results
+ * back as transferred buffers.
  */
 import { parentPort } from 'node:worker_threads';
 import { Qcow2Error } from '../errors.js';
 import { initZstdWasm, zstdCompressSync, zstdDecompressSync } from './zstd-wasm.js';
+import { deflateSyncNode, inflateSyncNode } from './deflate-node.js';
 import type { ZstdWorkerReply, ZstdWorkerRequest } from './zstd-node-protocol.js';
 
 const port = parentPort;
@@ -18,11 +20,12 @@ port.on('message', (req: ZstdWorkerRequest) => {
   try {
     if (req.op === 'decompress') {
       const out = new Uint8Array(req.dstLength);
-      zstdDecompressSync(req.src, out);
+      if (req.codec === 'zlib') inflateSyncNode(req.src, out);
+      else zstdDecompressSync(req.src, out);
       reply = { id: req.id, ok: true, out };
       transfer.push(out.buffer);
     } else {
-      const out = zstdCompressSync(req.src);
+      const out = req.codec === 'zlib' ? deflateSyncNode(req.src) : zstdCompressSync(req.src);
       reply = { id: req.id, ok: true, out };
       if (out) transfer.push(out.buffer as ArrayBuffer);
     }

@@ -7,7 +7,8 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { Qcow2Error } from '../errors.js';
-import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
+import type { ClusterCompressor, ClusterDecompressor, CompressionType } from './codec.js';
+import { deflateSyncNode, inflateSyncNode } from './deflate-node.js';
 import type { ZstdWorkerReply, ZstdWorkerRequest } from './zstd-node-protocol.js';
 import { initZstdWasm, zstdCompressSync, zstdDecompressSync } from './zstd-wasm.js';
 
@@ -38,6 +39,13 @@ export function defaultZstdThreads(): number {
 
 /** Run one request in the calling thread. */
 async function runInThread(request: ZstdWorkerRequest, dst: Uint8Array | undefined): Promise<Uint8Array | undefined> {
+  if (request.codec === 'zlib') {
+    if (request.op === 'decompress') {
+      inflateSyncNode(request.src, dst ?? new Uint8Array(request.dstLength));
+      return undefined;
+    }
+    return deflateSyncNode(request.src);
+  }
   await initZstdWasm();
   if (request.op === 'decompress') {
     zstdDecompressSync(request.src, dst ?? new Uint8Array(request.dstLength));
@@ -76,12 +84,22 @@ export class ZstdWorkerPool {
     }
     this.threads = threads;
     this.#workerUrl = options.workerUrl ?? new URL('./zstd-node-worker.js', import.meta.url);
-    this.decompressor = {
+    this.decompressor = this.decompressorFor('zstd');
+    this.compressor = this.compressorFor('zstd');
+  }
+
+  /** A decompressor for `codec` that runs on the pool's threads. */
+  decompressorFor(codec: CompressionType): ClusterDecompressor {
+    return {
       decompress: async (src, dst) => {
-        await this.#run({ id: 0, op: 'decompress', src, dstLength: dst.byteLength }, dst);
+        await this.#run({ id: 0, codec, op: 'decompress', src, dstLength: dst.byteLength }, dst);
       },
     };
-    this.compressor = { compress: (src) => this.#run({ id: 0, op: 'compress', src }, undefined) };
+  }
+
+  /** A compressor for `codec` that runs on the pool's threads. */
+  compressorFor(codec: CompressionType): ClusterCompressor {
+    return { compress: (src) => this.#run({ id: 0, codec, op: 'compress', src }, undefined) };
   }
 
   /** Number of running worker threads (started lazily on first use). */
@@ -108,8 +126,8 @@ export class ZstdWorkerPool {
       // Copy: transferring the caller's buffer would detach it (it may be a view of a larger one).
       const src = request.src.slice();
       const msg: ZstdWorkerRequest = request.op === 'decompress'
-        ? { id, op: 'decompress', src, dstLength: request.dstLength }
-        : { id, op: 'compress', src };
+        ? { id, codec: request.codec, op: 'decompress', src, dstLength: request.dstLength }
+        : { id, codec: request.codec, op: 'compress', src };
       if (w.tasks.size === 0) w.worker.ref();
       w.tasks.set(id, { request, dst, resolve, reject });
       w.worker.postMessage(msg, [src.buffer]);
@@ -193,7 +211,7 @@ export class ZstdWorkerPool {
  */
 export const zstdInThreadDecompressor: ClusterDecompressor = {
   async decompress(src, dst) {
-    await runInThread({ id: 0, op: 'decompress', src, dstLength: dst.byteLength }, dst);
+    await runInThread({ id: 0, codec: 'zstd', op: 'decompress', src, dstLength: dst.byteLength }, dst);
   },
 };
 
@@ -206,5 +224,5 @@ export const zstdInThreadDecompressor: ClusterDecompressor = {
  * ```
  */
 export const zstdInThreadCompressor: ClusterCompressor = {
-  compress: (src) => runInThread({ id: 0, op: 'compress', src }, undefined),
+  compress: (src) => runInThread({ id: 0, codec: 'zstd', op: 'compress', src }, undefined),
 };

@@ -259,15 +259,23 @@ export function measureRaw(size: bigint | undefined, source?: ImageReader): Meas
 /**
  * qemu-img's JSON for a measurement (dump_json_block_measure_info): QEMU's pretty printer
  * with 4-space indentation and its key order.
+ *
+ * @example
+ * ```ts
+ * formatMeasureJson({ required: 393216n, fullyAllocated: 1074135040n });
+ * // '{\n    "required": 393216,\n    "fully-allocated": 1074135040\n}\n'
+ * ```
  */
 export function formatMeasureJson(r: MeasureResult): string {
+  // QEMU's JSON writer prints these 64-bit values as signed integers.
+  const n = (v: bigint): string => BigInt.asIntN(64, v).toString();
   const lines: string[] = [];
-  if (r.bitmaps !== undefined) lines.push(`    "bitmaps": ${r.bitmaps}`);
-  lines.push(`    "required": ${r.required}`, `    "fully-allocated": ${r.fullyAllocated}`);
+  if (r.bitmaps !== undefined) lines.push(`    "bitmaps": ${n(r.bitmaps)}`);
+  lines.push(`    "required": ${n(r.required)}`, `    "fully-allocated": ${n(r.fullyAllocated)}`);
   return `{\n${lines.join(',\n')}\n}\n`;
 }
 
-/** qemu-img's human output for a measurement. */
+/** qemu-img's human output for a measurement (`required size: N` lines, unsigned). */
 export function formatMeasureHuman(r: MeasureResult): string {
   let text = `required size: ${r.required}\nfully allocated size: ${r.fullyAllocated}\n`;
   if (r.bitmaps !== undefined) text += `bitmaps size: ${r.bitmaps}\n`;

@@ -7,7 +7,7 @@
  */
 import { invalidImage, Qcow2Error } from '../../errors.js';
 import type { Storage } from '../../storage/storage.js';
-import { readU64, viewOf, writeU64Parts } from '../../util/bytes.js';
+import { viewOf, writeU64Parts } from '../../util/bytes.js';
 import { decodeBitmapsExtension, type BitmapsExtension } from '../../format/qcow2/bitmap-directory.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, isEmpty, KNOWN_AUTOCLEAR, unknownBits,
@@ -77,6 +77,8 @@ export class CheckImage {
   incompatibleFeatures: FeatureWord;
   autoclearFeatures: FeatureWord;
   snapshots: SnapshotState = { nbSnapshots: 0, snapshotsOffset: 0, snapshotsSize: 0, snapshots: [] };
+  /** A corruption message was printed already (QEMU prints the first one only). */
+  signaledCorruption = false;
   #fileSize: number;
 
   private constructor(storage: Storage, header: Qcow2Header, writable: boolean, fileSize: number, l1: Uint8Array, reftable: Uint8Array,
@@ -132,14 +134,14 @@ export class CheckImage {
     const fileSize = await storage.size();
     const first = new Uint8Array(4096);
     await storage.read(first, 0);
-    let header = decodeHeader(first);
+    let header = decodeHeader(precheckRawHeader(first));
     validateHeaderFields(header);
     const clusterSize = 2 ** header.clusterBits;
     let cluster0 = first.subarray(0, clusterSize);
     if (clusterSize > first.byteLength) {
       cluster0 = new Uint8Array(clusterSize);
       await storage.read(cluster0, 0);
-      header = decodeHeader(cluster0);
+      header = decodeHeader(precheckRawHeader(cluster0));
     }
     validateCompressionType(header);
     const extStart = header.version === 2 ? V2_HEADER_LENGTH : header.headerLength;
@@ -234,9 +236,30 @@ export class CheckImage {
     const v = viewOf(bytes);
     return { nbSnapshots: v.getUint32(0), offsetHi: v.getUint32(4), offsetLo: v.getUint32(8) };
   }
+}
 
-  /** Offset of the refcount table as the header says (for tests and messages). */
-  static reftableOffsetOf(headerBytes: Uint8Array): number {
-    return readU64(viewOf(headerBytes), HEADER_REFTABLE_OFFSET);
+/**
+ * QEMU's open checks on raw 64-bit header fields that the shared decoder cannot represent,
+ * with QEMU's messages. Returns the bytes to decode: the snapshot table pointer is zeroed,
+ * because open in check mode ignores it (the check reads and validates it itself).
+ */
+function precheckRawHeader(raw: Uint8Array): Uint8Array {
+  const v = viewOf(raw);
+  if (raw.byteLength < 104 || v.getUint32(0) !== 0x514649fb) return raw;
+  const version = v.getUint32(4);
+  const clusterBits = v.getUint32(20);
+  if ((version !== 2 && version !== 3) || clusterBits < 9 || clusterBits > 21) return raw;
+  const clusterSize = 2 ** clusterBits;
+  const headerLength = version === 2 ? 72 : v.getUint32(100);
+  if (version === 3 && (headerLength < 104 || headerLength > clusterSize)) return raw;
+  if (v.getUint32(8) !== 0 || v.getUint32(12) > clusterSize) throw invalidImage('Invalid backing file offset');
+  if (version === 3 && v.getUint32(96) > 6) {
+    throw invalidImage('Reference count entry width too large; may not exceed 64 bits');
   }
+  const hugeOrUnaligned = (at: number): boolean => v.getUint32(at) > 0x1fffff && (v.getUint32(at + 4) % clusterSize !== 0 || v.getUint32(at) >= 0x7fffffff || true);
+  if (hugeOrUnaligned(48)) throw invalidImage('Reference count table offset invalid');
+  if (hugeOrUnaligned(40)) throw invalidImage('Active L1 table offset invalid');
+  const copy = raw.slice();
+  copy.fill(0, 64, 72);
+  return copy;
 }

@@ -1,0 +1,93 @@
+/**
+ * `check [-f fmt] [-r leaks|all] [--output=human|json] [-q] [-U] FILE`: qemu-img 7.2's check,
+ * same messages, JSON and exit codes (0 clean, 1 check not completed, 2 corruptions, 3 leaks
+ * only, 63 for formats without a check such as raw).
+ */
+import { Qcow2Error } from '../errors.js';
+import { probeFormat } from '../format/probe.js';
+import { checkQcow2, type RepairMode } from '../ops/check/check-qcow2.js';
+import { checkJsonFields, formatCheckHuman, formatRepairSummary } from '../ops/check/check-report.js';
+import type { CheckReporter } from '../ops/check/check-types.js';
+import type { Storage } from '../storage/storage.js';
+import { NodeFileStorage } from '../storage/node-file-storage.js';
+import { parseCommandArgs } from './args.js';
+import { CliError } from './cli-error.js';
+import { formatInfoJson, type ImageInfoJson } from './format-info.js';
+import { PROGRAM, type CliIO } from './main.js';
+import { parseOutputFormat } from './open-for-cli.js';
+
+const SPEC = {
+  options: [
+    { name: 'format', short: 'f', arg: 'required' },
+    { name: 'repair', short: 'r', arg: 'required' },
+    { name: 'output', long: 'output', arg: 'required' },
+    { name: 'quiet', short: 'q' },
+    { name: 'force-share', short: 'U', long: 'force-share' },
+    { name: 'cache', short: 'T', arg: 'required' },
+    { name: 'object', long: 'object', arg: 'required' },
+    { name: 'image-opts', long: 'image-opts' },
+  ],
+} as const;
+
+/** qemu-img's exit status for formats that have no check. */
+export const EXIT_NO_CHECK = 63;
+
+export async function run(argv: string[], io: CliIO): Promise<number> {
+  const args = parseCommandArgs('check', argv, SPEC);
+  let repair: RepairMode = 'none';
+  const r = args.get('repair');
+  if (r !== undefined) {
+    if (r !== 'leaks' && r !== 'all') throw new CliError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${r}`, { usage: true });
+    repair = r;
+  }
+  if (args.positionals.length !== 1) throw new CliError('Expecting one image file name', { usage: true });
+  const output = parseOutputFormat(args.get('output'));
+  if (args.has('image-opts')) throw new CliError('--image-opts is not supported');
+  const file = args.positionals[0]!;
+  const quiet = args.has('quiet');
+  const format = args.get('format');
+  if (format !== undefined && format !== 'qcow2' && format !== 'raw') {
+    throw new CliError(`Could not open '${file}': Unknown driver '${format}'`);
+  }
+
+  let storage: Storage;
+  try {
+    storage = await NodeFileStorage.open(file, { readOnly: repair === 'none' });
+  } catch (e) {
+    if (e instanceof Qcow2Error) throw new CliError(`Could not open '${file}': ${e.message}`, { cause: e });
+    throw e;
+  }
+  try {
+    if ((format ?? (await probeFormat(storage))) !== 'qcow2') {
+      io.stderr.write(`${PROGRAM}: This image format does not support checks\n`);
+      return EXIT_NO_CHECK;
+    }
+    const reporter: CheckReporter = {
+      line: (text) => void io.stderr.write(`${text}\n`),
+      error: (text) => void io.stderr.write(`${PROGRAM}: ${text}\n`),
+    };
+    let outcome;
+    try {
+      outcome = await checkQcow2(storage, { repair, reporter });
+    } catch (e) {
+      if (e instanceof Qcow2Error) throw new CliError(`Could not open '${file}': ${e.message}`, { cause: e });
+      throw e;
+    }
+    if (outcome.repaired !== undefined && output === 'human' && !quiet) {
+      io.stdout.write(formatRepairSummary(outcome.repaired.leaks, outcome.repaired.corruptions));
+    }
+    if (outcome.result === undefined) {
+      io.stderr.write(`${PROGRAM}: Check failed: ${outcome.failure?.errnoText ?? 'Input/output error'}\n`);
+      return 1;
+    }
+    if (!quiet) {
+      io.stdout.write(output === 'json'
+        ? formatInfoJson(checkJsonFields(outcome.result, file, 'qcow2') as unknown as ImageInfoJson)
+        : formatCheckHuman(outcome.result));
+    }
+    if (outcome.result.checkErrors > 0) io.stderr.write(`${PROGRAM}: Check failed\n`);
+    return outcome.exitCode;
+  } finally {
+    await storage.close();
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * The refcounts the image itself stores (refcount table + refcount blocks), read and updated
+ * the way QEMU's qcow2_get_refcount / update_refcount do during a check: a refcount table
+ * entry past the table or zero means refcount 0, an unaligned refcount block is a corruption
+ * (signalled once) and makes every read through it fail with EIO.
+ */
+import { TWO_32 } from '../../util/bytes.js';
+import { getRefcount, setRefcount } from '../../format/qcow2/refcount-codec.js';
+import type { CheckImage } from './check-image.js';
+import { guardRepairWrite } from './repair-overlap.js';
+import { hex64Alt } from './snapshot-entry.js';
+import type { CheckReporter, Errno } from './check-types.js';
+
+const CACHE_BLOCKS = 32;
+/** QEMU refuses I/O beyond BDRV_MAX_LENGTH (about 2^63); the top 2^30 are a safe margin. */
+const MAX_IO_HI = 0x7fffffff;
+
+/** A refcount block as found through the refcount table. */
+export type RefblockLookup =
+  /** No block: every refcount it would hold is 0. */
+  | { kind: 'none' }
+  | { kind: 'block'; offset: number; bytes: Uint8Array }
+  /** Reading through this entry fails (QEMU returns -errno). */
+  | { kind: 'error'; errno: Errno };
+
+interface CachedBlock {
+  bytes: Uint8Array;
+  dirty: boolean;
+}
+
+/**
+ * On-disk refcounts of a CheckImage.
+ *
+ * @example
+ * ```ts
+ * const disk = new OnDiskRefcounts(img, reporter);
+ * const r = await disk.get(5); // number, or an errno when the refblock cannot be used
+ * ```
+ */
+export class OnDiskRefcounts {
+  readonly #img: CheckImage;
+  readonly #reporter: CheckReporter;
+  readonly #cache = new Map<number, CachedBlock>();
+
+  constructor(img: CheckImage, reporter: CheckReporter) {
+    this.#img = img;
+    this.#reporter = reporter;
+  }
+
+  /** The refcount block holding cluster indexes [index * entries, (index + 1) * entries). */
+  async lookup(index: number): Promise<RefblockLookup> {
+    const img = this.#img;
+    if (index >= img.reftableEntries) return { kind: 'none' };
+    const [hi, lo] = img.reftableEntry(index);
+    const offLo = (lo & 0xfffffe00) >>> 0;
+    if (hi === 0 && offLo === 0) return { kind: 'none' };
+    if (offLo % img.clusterSize !== 0) {
+      this.signalCorruption(`Refblock offset ${hex64Alt(hi, offLo)} unaligned (reftable index: ${hex64Alt(0, index)})`);
+      return { kind: 'error', errno: 'EIO' };
+    }
+    if (hi > MAX_IO_HI - 1) return { kind: 'error', errno: 'EIO' };
+    if (hi > 0x1fffff) return { kind: 'block', offset: Number.POSITIVE_INFINITY, bytes: new Uint8Array(img.clusterSize) };
+    const offset = hi * TWO_32 + offLo;
+    return { kind: 'block', offset, bytes: await this.#load(offset) };
+  }
+
+  /**
+   * QEMU's qcow2_get_refcount: the refcount of `cluster`, or the errno reading it fails with.
+   */
+  async get(cluster: number): Promise<number | Errno> {
+    const per = this.#img.refblockEntries;
+    const found = await this.lookup(Math.floor(cluster / per));
+    if (found.kind === 'none') return 0;
+    if (found.kind === 'error') return found.errno;
+    return getRefcount(found.bytes, cluster % per, this.#img.refcountOrder);
+  }
+
+  /**
+   * Set the refcount of `cluster` whose refcount block exists (QEMU's update_refcount for one
+   * cluster). Written back by `flush`.
+   */
+  async set(cluster: number, value: number): Promise<void> {
+    const per = this.#img.refblockEntries;
+    const found = await this.lookup(Math.floor(cluster / per));
+    if (found.kind !== 'block' || !Number.isFinite(found.offset)) throw new RangeError(`no usable refcount block for cluster ${cluster}`);
+    setRefcount(found.bytes, cluster % per, this.#img.refcountOrder, value);
+    this.#cache.get(found.offset)!.dirty = true;
+  }
+
+  /** Put a freshly written refcount block into the cache (allocator). */
+  adopt(offset: number, bytes: Uint8Array): void {
+    this.#cache.set(offset, { bytes, dirty: false });
+  }
+
+  /** Write back changed refcount blocks (refused, as by QEMU, if one overlaps other metadata). */
+  async flush(): Promise<void> {
+    for (const [offset, b] of this.#cache) {
+      if (b.dirty) await this.#writeBack(offset, b);
+    }
+  }
+
+  async #writeBack(offset: number, b: CachedBlock): Promise<void> {
+    await guardRepairWrite({ img: this.#img, reporter: this.#reporter }, offset, this.#img.clusterSize, ['refcount block']);
+    await this.#img.storage.write(b.bytes, offset);
+    b.dirty = false;
+  }
+
+  /** Forget cached blocks (after the refcount structure was replaced). Flush first if needed. */
+  clear(): void {
+    this.#cache.clear();
+  }
+
+  /**
+   * QEMU's qcow2_signal_corruption as seen from a check: printed once per open image. A check
+   * never marks the image corrupt, so the non-fatal wording is used even when repairing.
+   */
+  signalCorruption(message: string): void {
+    if (this.#img.signaledCorruption) return;
+    this.#img.signaledCorruption = true;
+    this.#reporter.line(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`);
+  }
+
+  async #load(offset: number): Promise<Uint8Array> {
+    const hit = this.#cache.get(offset);
+    if (hit !== undefined) {
+      this.#cache.delete(offset);
+      this.#cache.set(offset, hit);
+      return hit.bytes;
+    }
+    while (this.#cache.size >= CACHE_BLOCKS) {
+      const [oldest, b] = this.#cache.entries().next().value as [number, CachedBlock];
+      if (b.dirty) await this.#writeBack(oldest, b);
+      this.#cache.delete(oldest);
+    }
+    const bytes = new Uint8Array(this.#img.clusterSize);
+    await this.#img.storage.read(bytes, offset);
+    this.#cache.set(offset, { bytes, dirty: false });
+    return bytes;
+  }
+}
