@@ -17,6 +17,7 @@
 // Writes bench/out/write-results.json.
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
+import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -91,7 +92,7 @@ log(`work directory: ${workDir}`);
 function measure(cmd, cmdArgs) {
   return new Promise((resolve, reject) => {
     const timeFile = join(workDir, '.time');
-    const [file, argv] = gnuTime ? [gnuTime, ['-f', '%M', '-o', timeFile, cmd, ...cmdArgs]] : [cmd, cmdArgs];
+    const [file, argv] = gnuTime ? [gnuTime, ['-f', '%M %U %S', '-o', timeFile, cmd, ...cmdArgs]] : [cmd, cmdArgs];
     let stdout = '';
     let stderr = '';
     let hwm = 0;
@@ -114,8 +115,9 @@ function measure(cmd, cmdArgs) {
       const seconds = (performance.now() - t0) / 1000;
       if (poll) clearInterval(poll);
       if (code !== 0) return reject(new Error(`${cmd} ${cmdArgs.join(' ')}: exit ${code}\n${stderr}`));
-      const rss = gnuTime ? Number(readFileSync(timeFile, 'utf8').trim().split('\n').pop()) : hwm;
-      resolve({ seconds, rssKiB: rss, stdout });
+      // GNU time: "peakKiB user sys"; CPU time says less about other load on the machine than wall time.
+      const [rss, user, sys] = gnuTime ? readFileSync(timeFile, 'utf8').trim().split('\n').pop().split(' ').map(Number) : [hwm, NaN, NaN];
+      resolve({ seconds, rssKiB: rss, cpuSeconds: user + sys, stdout });
     });
   });
 }
@@ -156,6 +158,10 @@ async function compareTools(name, sides, { prepare = () => {}, after = () => {},
     oursMedian: oursS,
     qemuMedian: qemuS,
     ratio: oursS / qemuS,
+    oursCpuSeconds: res.ours.map((r) => r.cpuSeconds),
+    qemuCpuSeconds: res.qemu.map((r) => r.cpuSeconds),
+    cpuRatio: median(res.ours.map((r) => r.cpuSeconds)) / median(res.qemu.map((r) => r.cpuSeconds)),
+    loadAverage: os.loadavg(),
     oursPeakRssKiB: Math.max(...res.ours.map((r) => r.rssKiB)),
     qemuPeakRssKiB: Math.max(...res.qemu.map((r) => r.rssKiB)),
     limitRatio: LIMITS[name] ?? null,
@@ -353,6 +359,9 @@ for (const r of results) {
       ok ? '' : '  <- over target',
     ].join(' '),
   );
+  if (Number.isFinite(r.cpuRatio)) {
+    lines.push(`            CPU (user+sys): ours ${median(r.oursCpuSeconds).toFixed(3)} s, qemu-img ${median(r.qemuCpuSeconds).toFixed(3)} s, ratio ${r.cpuRatio.toFixed(2)}; load average ${r.loadAverage.map((x) => x.toFixed(1)).join(' ')}`);
+  }
   if (r.runRatio !== undefined) {
     lines.push(`            "Run completed in": ours ${median(r.oursRunSeconds).toFixed(3)} s, qemu-img ${median(r.qemuRunSeconds).toFixed(3)} s, ratio ${r.runRatio.toFixed(2)}`);
   }
@@ -367,6 +376,8 @@ const report = {
   count,
   node: process.version,
   qemu: sh('qemu-img', ['--version']).split('\n')[0],
+  cpus: os.cpus().length,
+  loadAverageAtEnd: os.loadavg(),
   workDir,
   peakRssSource: gnuTime ? 'GNU time %M' : '/proc VmHWM polling',
   params: { benchImageSize: BENCH_IMAGE_SIZE, rawBytes: RAW_BYTES },

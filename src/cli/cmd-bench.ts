@@ -3,9 +3,12 @@
  * [-o offset] [--pattern=N] [-q] [-s size] [-S step] [-t cache] [-w] [-U] FILE`:
  * qemu-img 7.2's bench, same options, output lines, error texts and exit codes.
  *
+ * Request offsets advance by the step modulo the image size, as in 7.2: a wrapped request can
+ * cross the end and then fails with "Failed request: Input/output error", as it does there.
+ *
  * Differences, on purpose: `-d 0` with requests to send is refused ("Invalid queue depth
  * specified") where qemu-img waits forever; a buffer as large as the image is read at
- * offset 0 where qemu-img aborts. O_DIRECT (-t none) and the aio engines have no meaning
+ * offset 0 where qemu-img aborts; an empty image is not a division by zero. O_DIRECT (-t none) and the aio engines have no meaning
  * here and are only validated; writethrough and unsafe cache modes are emulated (a flush
  * after each write; flushes ignored).
  */

@@ -58,14 +58,22 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     throw e;
   }
   try {
-    if ((format ?? (await probeFormat(storage))) !== 'qcow2') {
+    const detected = format ?? (await probeFormat(storage));
+    if (detected !== 'qcow2') {
+      if (format === undefined && repair !== 'none') {
+        io.stderr.write(`WARNING: Image format was not specified for '${file}' and probing guessed raw.\n`
+          + '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n'
+          + "         Specify the 'raw' format explicitly to remove the restrictions.\n");
+      }
       io.stderr.write(`${PROGRAM}: This image format does not support checks\n`);
       return EXIT_NO_CHECK;
     }
-    const reporter: CheckReporter = {
-      line: (text) => void io.stderr.write(`${text}\n`),
-      error: (text) => void io.stderr.write(`${PROGRAM}: ${text}\n`),
+    // A damaged image can produce a message per cluster: start a flush whenever the writer
+    // asks for one, so its drain event is waited for as soon as the pipe is full.
+    const say = (text: string): void => {
+      if (!io.stderr.write(text)) void io.stderr.flush();
     };
+    const reporter: CheckReporter = { line: (text) => say(`${text}\n`), error: (text) => say(`${PROGRAM}: ${text}\n`) };
     let outcome;
     try {
       outcome = await checkQcow2(storage, { repair, reporter });

@@ -154,14 +154,23 @@ function parseU64(name: string, text: string): bigint {
   const digits = m[2]!;
   let v: bigint;
   if (/^0[xX]/.test(digits)) v = BigInt(digits);
-  else if (digits.length > 1) v = BigInt(`0o${digits.slice(1)}`);
+  else if (digits.length > 1 && digits.startsWith('0')) v = BigInt(`0o${digits.slice(1)}`);
   else v = BigInt(digits);
   if (v > U64_MAX) throw new OptionError(`Value '${text}' is too large for parameter '${name}'`);
   // strtoull negates in unsigned arithmetic: "-1" is 2^64 - 1.
   return m[1] === '-' ? (U64_MAX + 1n - v) & U64_MAX : v;
 }
 
-function parseSize(name: string, text: string): bigint {
+/** qemu_strtosz()'s deprecation warning for a hex number with a suffix ("0x10k"), if it applies. */
+export function hexSuffixWarning(text: string): string | undefined {
+  return /^[ \t\n\v\f\r]*[+-]?0[xX][0-9a-fA-F]+[bBkKmMgGtTpPeE]/.test(text)
+    ? `Using a multiplier suffix on hex numbers is deprecated: ${text}`
+    : undefined;
+}
+
+function parseSize(name: string, text: string, warn: ((message: string) => void) | undefined): bigint {
+  const w = hexSuffixWarning(text);
+  if (w !== undefined) warn?.(w);
   const r = strtosz(text);
   if (r.ok) return r.value;
   if (r.error === 'ERANGE') throw new OptionError(`Value '${text}' is out of range for parameter '${name}'`);
@@ -177,9 +186,12 @@ function parseSize(name: string, text: string): bigint {
 export class QemuOpts {
   readonly #opts: QemuOpt[] = [];
   readonly descs: readonly QemuOptDesc[];
+  readonly #warn: ((message: string) => void) | undefined;
 
-  constructor(descs: readonly QemuOptDesc[]) {
+  /** `warn` receives QEMU's warnings (deprecated syntax) as values are parsed. */
+  constructor(descs: readonly QemuOptDesc[], warn?: (message: string) => void) {
     this.descs = descs;
+    this.#warn = warn;
   }
 
   /** Add an option, checking its name and value type (QEMU's opt_validate). Throws OptionError. */
@@ -195,7 +207,7 @@ export class QemuOpts {
         opt = { name, text, number: parseU64(name, text) };
         break;
       case 'size':
-        opt = { name, text, number: parseSize(name, text) };
+        opt = { name, text, number: parseSize(name, text, this.#warn) };
         break;
       default:
         opt = { name, text };
@@ -254,8 +266,8 @@ export class QemuOpts {
  * opts.get('cluster_size')?.number; // 4096n
  * ```
  */
-export function parseQemuOpts(text: string | undefined, descs: readonly QemuOptDesc[]): QemuOpts {
-  const opts = new QemuOpts(descs);
+export function parseQemuOpts(text: string | undefined, descs: readonly QemuOptDesc[], warn?: (message: string) => void): QemuOpts {
+  const opts = new QemuOpts(descs, warn);
   if (text !== undefined) for (const { name, value } of splitOptionString(text)) opts.add(name, value);
   return opts;
 }

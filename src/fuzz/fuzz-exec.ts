@@ -13,6 +13,7 @@ import { openImage, type OpenImageOptions } from '../image/open-image.js';
 import type { OpenPolicy } from '../image/open-policy.js';
 import type { BlockStatus, ImageReader } from '../image/types.js';
 import { mapEntries, type MapEntry } from '../ops/map-entries.js';
+import { inspectUntrusted } from '../ops/untrusted-inspect.js';
 import { formatInfoHuman, formatInfoJson } from '../cli/format-info.js';
 import { mapHumanWriter, mapJsonWriter } from '../cli/format-map.js';
 import { imageInfo } from '../cli/image-info.js';
@@ -72,8 +73,10 @@ export interface Finding {
 
 export interface StepResult {
   step: string;
-  /** 'ok', 'skipped', or the Qcow2Error code. */
+  /** 'ok', 'budget' (stopped by a harness budget), 'finding', a Qcow2Error code, or "exitN" for check steps. */
   outcome: string;
+  /** Wall time of the step, milliseconds. */
+  ms: number;
 }
 
 export interface CaseResult {
@@ -91,6 +94,8 @@ class StepBudget extends Error {}
 
 /** A map can have millions of entries on a huge sparse disk: stop after this many probes. */
 const MAP_PROBES = 4000;
+/** What one untrusted inspection may use: its metadata limits, cache budgets and slack. */
+const UNTRUSTED_MEMORY_CAP = 64 << 20;
 /** Guest bytes read per read step, at most. */
 const READ_BUDGET = 8 << 20;
 
@@ -197,10 +202,14 @@ export async function runCase(c: FuzzCase, opts: ExecOptions): Promise<CaseResul
   const sample = opts.sampleMemory;
   const baseline = sample?.() ?? 0;
   let peak = 0;
+  // Memory at the start of the current step and the most seen during it (for per-step caps).
+  let stepBase = baseline;
+  let stepPeak = 0;
   const measure = (): void => {
     if (sample === undefined) return;
-    const grown = sample() - baseline;
-    if (grown > peak) peak = grown;
+    const now = sample();
+    if (now - baseline > peak) peak = now - baseline;
+    if (now - stepBase > stepPeak) stepPeak = now - stepBase;
   };
   const ticker = sample === undefined ? undefined : setInterval(measure, 5);
   const steps: StepResult[] = [];
@@ -208,9 +217,12 @@ export async function runCase(c: FuzzCase, opts: ExecOptions): Promise<CaseResul
   const open: Image[] = [];
 
   /** Runs one step; returns its value, or undefined after an expected error (or a finding). */
-  const step = async <T>(name: string, fn: () => Promise<T>): Promise<T | undefined> => {
+  const step = async <T>(name: string, fn: () => Promise<T>, memoryCap?: number): Promise<T | undefined> => {
     if (finding !== undefined) return undefined;
-    const remaining = deadline - Date.now();
+    const t0 = Date.now();
+    stepBase = sample?.() ?? 0;
+    stepPeak = 0;
+    const remaining = deadline - t0;
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       const value = await Promise.race([
@@ -219,28 +231,31 @@ export async function runCase(c: FuzzCase, opts: ExecOptions): Promise<CaseResul
           timer = setTimeout(() => reject(new HarnessTimeout(`step ${name} still running after the ${opts.timeoutMs} ms budget`)), Math.max(1, remaining));
         }),
       ]);
-      steps.push({ step: name, outcome: 'ok' });
+      steps.push({ step: name, outcome: 'ok', ms: Date.now() - t0 });
       return value;
     } catch (e) {
       if (e instanceof StepBudget) {
-        steps.push({ step: name, outcome: 'budget' });
+        steps.push({ step: name, outcome: 'budget', ms: Date.now() - t0 });
         return undefined;
       }
       if (Date.now() > deadline || e instanceof HarnessTimeout) {
         finding = { kind: 'timeout', step: name, ...errorParts(e) };
       } else if (e instanceof Qcow2Error && typeof e.code === 'string') {
-        steps.push({ step: name, outcome: e.code });
+        steps.push({ step: name, outcome: e.code, ms: Date.now() - t0 });
         return undefined;
       } else {
         finding = { kind: e instanceof HarnessViolation ? 'invariant' : 'crash', step: name, ...errorParts(e) };
       }
-      steps.push({ step: name, outcome: 'finding' });
+      steps.push({ step: name, outcome: 'finding', ms: Date.now() - t0 });
       return undefined;
     } finally {
       clearTimeout(timer);
       measure();
       if (finding === undefined && peak > opts.memoryLimitBytes) {
         finding = { kind: 'memory', step: name, name: 'MemoryGrowth', message: `memory grew by ${peak} bytes (limit ${opts.memoryLimitBytes})`, stack: '' };
+      }
+      if (finding === undefined && memoryCap !== undefined && sample !== undefined && stepPeak > memoryCap) {
+        finding = { kind: 'memory', step: name, name: 'MemoryCap', message: `step used ${stepPeak} bytes, more than its cap of ${memoryCap}`, stack: '' };
       }
     }
   };
@@ -257,6 +272,13 @@ export async function runCase(c: FuzzCase, opts: ExecOptions): Promise<CaseResul
   });
 
   try {
+    // Untrusted inspection: never opens a dependency (the policy has no way to), and its memory
+    // is capped by the untrusted limits (16 MiB of metadata, 4 MiB of L2 cache) plus slack.
+    await step('inspect-untrusted', async () => {
+      const report = await inspectUntrusted(new FuzzStorage(c.bytes, 'fuzz.qcow2', true, limits), { format: 'qcow2', codecs: codecs! });
+      if (report.safe !== (report.reasons.length === 0)) throw new HarnessViolation(`inconsistent untrusted report ${JSON.stringify(report)}`);
+    }, UNTRUSTED_MEMORY_CAP);
+
     // Read-only: what info, map and convert do.
     const ro = await step('open-ro', () => openImage(new FuzzStorage(c.bytes, 'fuzz.qcow2', true, limits), openOpts(true)));
     if (ro !== undefined) {

@@ -7,7 +7,8 @@
  *
  * Usage:
  *   node dist/fuzz/run-fuzz.js [--seconds N] [--execs N] [--seed S] [--workers K]
- *        [--seeds DIR] [--corpus DIR] [--timeout MS] [--memory-mb N] [--no-minimize]
+ *        [--seeds DIR] [--corpus DIR] [--timeout MS] [--slow-ms MS] [--memory-mb N]
+ *        [--no-minimize] [--no-check] [--progress-ms MS]
  *   node dist/fuzz/run-fuzz.js --replay FINDING.json [--seeds DIR]
  * The budget defaults to QCOW2KIT_FUZZ_SECONDS (else 60 s). Prints a JSON summary on stdout;
  * exit code 0 without findings, 1 with findings, 2 when the harness itself failed.
@@ -41,6 +42,8 @@ export interface FuzzRunOptions {
   useChecker: boolean;
   /** Progress lines (stderr) every this many ms; 0 for none. */
   progressMs: number;
+  /** Cases slower than this are listed in the summary. */
+  slowMs: number;
 }
 
 /** One distinct finding (same kind, error and top frame), with its first examples. */
@@ -76,6 +79,12 @@ export interface FuzzSummary {
   /** Executions whose image opened read-only. */
   opened: number;
   slowest: { seed: number; ms: number };
+  /** Cases slower than `slowMs` (not findings: the machine may just be busy), slowest first. */
+  slow: { seed: number; base: string; ms: number; step: string; stepMs: number; mutations: string[] }[];
+  /** Wall milliseconds spent per step, summed over all executions. */
+  stepMs: Record<string, number>;
+  /** CPU seconds of the whole harness (supervisor and workers). */
+  cpuSeconds: number;
   peakMemory: { seed: number; bytes: number };
   workerRestarts: number;
 }
@@ -100,12 +109,13 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
   await loadOrCreateSeeds(o.seedsDir);
   await mkdir(join(o.corpusDir, 'findings'), { recursive: true });
   const started = Date.now();
+  const cpuStart = process.cpuUsage();
   const stopAt = started + o.seconds * 1000;
   let nextSeed = o.seed;
   let lastSeed = o.seed - 1;
   const summary: FuzzSummary = {
     executions: 0, seconds: 0, execsPerSecond: 0, firstSeed: o.seed, lastSeed: o.seed, workers: o.workers, checker: false,
-    findings: 0, groups: [], outcomes: {}, bases: {}, opened: 0, slowest: { seed: -1, ms: 0 }, peakMemory: { seed: -1, bytes: 0 }, workerRestarts: 0,
+    findings: 0, groups: [], outcomes: {}, bases: {}, opened: 0, slowest: { seed: -1, ms: 0 }, slow: [], stepMs: {}, cpuSeconds: 0, peakMemory: { seed: -1, bytes: 0 }, workerRestarts: 0,
   };
   const groups = new Map<string, FindingGroup>();
   const pendingWrites: Promise<void>[] = [];
@@ -121,12 +131,20 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
     summary.executions++;
     lastSeed = Math.max(lastSeed, r.seed);
     summary.bases[r.base] = (summary.bases[r.base] ?? 0) + 1;
+    let worst = { step: '', ms: -1 };
     for (const s of r.steps) {
+      summary.stepMs[s.step] = (summary.stepMs[s.step] ?? 0) + s.ms;
+      if (s.ms > worst.ms) worst = { step: s.step, ms: s.ms };
       const per = (summary.outcomes[s.step] ??= {});
       per[s.outcome] = (per[s.outcome] ?? 0) + 1;
       if (s.step === 'open-ro' && s.outcome === 'ok') summary.opened++;
     }
     if (r.durationMs > summary.slowest.ms) summary.slowest = { seed: r.seed, ms: r.durationMs };
+    if (r.durationMs > o.slowMs) {
+      summary.slow.push({ seed: r.seed, base: r.base, ms: r.durationMs, step: worst.step, stepMs: worst.ms, mutations: mutations.map((m) => m.what) });
+      summary.slow.sort((a, b) => b.ms - a.ms);
+      if (summary.slow.length > 30) summary.slow.length = 30;
+    }
     if (r.peakBytes > summary.peakMemory.bytes) summary.peakMemory = { seed: r.seed, bytes: r.peakBytes };
     if (r.finding !== undefined) addFinding(r.finding, r.seed, r.base, mutations, minimized, mutated);
   };
@@ -271,6 +289,8 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
   summary.seconds = (Date.now() - started) / 1000;
   summary.execsPerSecond = Math.round((summary.executions / summary.seconds) * 10) / 10;
   summary.lastSeed = lastSeed;
+  const cpu = process.cpuUsage(cpuStart);
+  summary.cpuSeconds = Math.round((cpu.user + cpu.system) / 1e4) / 100;
   summary.groups = [...groups.values()];
   await writeFile(join(o.corpusDir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
   return summary;
@@ -304,11 +324,12 @@ function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: 
     workers: 1,
     seedsDir: join(tmpdir(), 'qcow2kit-fuzz-seeds'),
     corpusDir: join(tmpdir(), 'qcow2kit-fuzz-corpus'),
-    timeoutMs: 5000,
+    timeoutMs: 30_000,
     memoryLimitBytes: 512 << 20,
     minimize: true,
     useChecker: true,
     progressMs: 10_000,
+    slowMs: 2000,
   };
   let replay: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -335,6 +356,7 @@ function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: 
       case '--no-minimize': o.minimize = false; break;
       case '--no-check': o.useChecker = false; break;
       case '--progress-ms': o.progressMs = int(); break;
+      case '--slow-ms': o.slowMs = int(); break;
       case '--replay': replay = val(); break;
       default: throw new Error(`unknown option ${a}`);
     }

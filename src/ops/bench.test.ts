@@ -63,23 +63,33 @@ function lcg(seed: number): () => number {
 }
 
 describe('runBench', () => {
-  it('sends count requests at step offsets, wrapping at size - bufferSize like qemu-img', async () => {
+  it('sends count requests at step offsets, wrapping at the image size like qemu-img 7.2', async () => {
     const t = new FakeTarget(40960);
     const r = await runBench(t, params({ count: 12, depth: 3, bufferSize: 4096, step: 8192, offset: 4096 }));
     assert.equal(r.completed, 12);
     const offsets = t.events.map((e) => ('offset' in e ? e.offset : -1));
-    // (offset + step) % (40960 - 4096): 4096, 12288, 20480, 28672, 36864 % 36864 = 0, ...
-    assert.deepEqual(offsets, [4096, 12288, 20480, 28672, 0, 8192, 16384, 24576, 32768, 4096, 12288, 20480]);
+    // (offset + step) % 40960: 36864 + 8192 = 45056 wraps to 4096.
+    assert.deepEqual(offsets, [4096, 12288, 20480, 28672, 36864, 4096, 12288, 20480, 28672, 36864, 4096, 12288]);
     assert.ok(t.events.every((e) => e.op === 'read'));
   });
 
-  it('step 0 means the buffer size; an image no larger than the buffer is hit at 0', async () => {
+  it('step 0 means the buffer size; an image the size of the buffer is hit at 0', async () => {
     let t = new FakeTarget(1 << 20);
     await runBench(t, params({ count: 3, bufferSize: 512 }));
     assert.deepEqual(t.events.map((e) => ('offset' in e ? e.offset : -1)), [0, 512, 1024]);
     t = new FakeTarget(4096);
     await runBench(t, params({ count: 3, bufferSize: 4096, offset: 0 }));
     assert.deepEqual(t.events.map((e) => ('offset' in e ? e.offset : -1)), [0, 0, 0]);
+  });
+
+  it('a request that crosses the end after wrapping fails, as in qemu-img 7.2', async () => {
+    // 0, 3072, 6144 (+4096 > 10000): qemu-img 7.2 says "Failed request: Input/output error".
+    const t = new FakeTarget(10000);
+    await assert.rejects(
+      runBench(t, params({ count: 5, depth: 1, bufferSize: 4096, step: 3072 })),
+      (e: unknown) => e instanceof BenchRequestError && e.cause instanceof Qcow2Error,
+    );
+    assert.deepEqual(t.events.map((e) => ('offset' in e ? e.offset : -1)), [0, 3072]);
   });
 
   it('keeps at most depth requests in flight, and reaches depth', async () => {

@@ -117,8 +117,10 @@ export async function runBench(target: BenchTarget, p: BenchParams, now: () => n
       while (n > inFlight && inFlight < p.depth) {
         const off = offset;
         inFlight++;
-        offset += step;
-        offset = target.size <= p.bufferSize ? 0 : offset % (target.size - p.bufferSize);
+        // qemu-img 7.2 wraps at the image size, so a wrapped request can cross the end and
+        // fail with EIO (fixed in QEMU 10.1, which wraps at size - bufferSize). Size 0 would
+        // divide by zero there; it gets offset 0, as the later fix does.
+        offset = target.size === 0 ? 0 : (offset + step) % target.size;
         // Start every request synchronously, then react to completions one at a time.
         let io: Promise<void>;
         try {

@@ -24,10 +24,14 @@ export class JobCutter {
   #kind: SourceRunKind = 'data';
   #seq = 0;
 
-  constructor(source: ConcatSource, bufferSize: number, zeroAsData: boolean) {
+  readonly #cluster: number;
+
+  /** `cluster` > 0: compressed output, jobs cover whole clusters (qemu-img convert -c). */
+  constructor(source: ConcatSource, bufferSize: number, zeroAsData: boolean, cluster = 0) {
     this.#source = source;
     this.#bufferSize = bufferSize;
     this.#zeroAsData = zeroAsData;
+    this.#cluster = cluster;
   }
 
   async next(): Promise<Job | undefined> {
@@ -41,6 +45,16 @@ export class JobCutter {
     let length = this.#runEnd - this.#pos;
     // Data goes through a buffer; so do zeros that must be written out in full (-S 0).
     if (this.#kind === 'data' || this.#zeroAsData) length = Math.min(length, this.#bufferSize);
+    const c = this.#cluster;
+    if (c > 0) {
+      // A run shorter than a cluster makes the whole cluster data (and the rest of the run too).
+      if (length < c) {
+        length = Math.min(c, size - this.#pos);
+        this.#kind = 'data';
+      } else {
+        length -= length % c;
+      }
+    }
     const job: Job = { seq: this.#seq++, offset: this.#pos, length, kind: this.#kind };
     this.#pos += length;
     return job;

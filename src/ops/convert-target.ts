@@ -15,6 +15,12 @@ export interface ConvertTarget {
   readonly zeroInitialized: boolean;
   /** Default write ordering when the caller does not choose (qemu-img's `-W` turns it off). */
   readonly prefersInOrderWrites: boolean;
+  /**
+   * Set when every write is stored compressed (`convert -c`): writes then cover whole
+   * clusters of this size, and only clusters that are entirely zero are skipped, as qemu-img
+   * does for compressed output.
+   */
+  readonly compressedClusterSize?: number;
   /** Write guest bytes at `offset`. */
   write(src: Uint8Array, offset: number): Promise<void>;
   /** Make `[offset, offset + length)` read as zeros. */

@@ -260,3 +260,29 @@ test('convertImage() validates options and target size', async () => {
   await assert.rejects(convertImage([img], recordingTarget(2048).target), /output file is smaller than input file/);
   await assert.rejects(convertImage([], t), Qcow2Error);
 });
+
+test('convertImage() into a compressing target writes whole clusters and skips only all-zero ones', async () => {
+  const C = 64 * K;
+  const img = new FakeImage([
+    { length: 100 * K, kind: 'data', fill: (o) => (o >= 70 * K && o < 80 * K ? 0 : 1) }, // clusters 0 and 1 (partly)
+    { length: 28 * K, kind: 'unallocated' }, // rest of cluster 1
+    { length: 2 * C, kind: 'zero' }, // clusters 2-3: skipped
+    { length: C, kind: 'data', fill: 0 }, // cluster 4: data, but all zero: skipped
+    { length: 3 * M, kind: 'data' }, // clusters 5..: several jobs
+    { length: 4 * K, kind: 'zero' },
+    { length: 7 * K, kind: 'data' }, // short tail cluster at the end of the disk
+  ]);
+  for (const zeroInitialized of [true, false]) {
+    const rec = recordingTarget(img.size, { zeroInitialized, initial: zeroInitialized ? 0 : 0xee });
+    const target = { ...rec.target, compressedClusterSize: C };
+    await convertImage([img], target, { parallel: 4 });
+    assert.deepEqual(rec.storage.bytes(), img.content);
+    for (const w of [...rec.writes, ...rec.zeroes]) {
+      assert.equal(w.offset % C, 0, `write at ${w.offset} is cluster aligned`);
+      assert.ok(w.length % C === 0 || w.offset + w.length === img.size, `write of ${w.length} covers whole clusters`);
+    }
+    const written = rec.writes.map((w) => [w.offset / C, (w.offset + w.length) / C]);
+    assert.ok(written.every(([s, e]) => e! <= 2 || s! >= 5), `clusters 2-4 never written: ${JSON.stringify(written)}`);
+    if (!zeroInitialized) assert.ok(rec.zeroes.some((z) => z.offset === 2 * C));
+  }
+});

@@ -4,7 +4,7 @@ import { ConcatSource } from './concat-source.js';
 import { JobCutter, wrapConvertError, type Job } from './convert-jobs.js';
 import type { ConvertTarget } from './convert-target.js';
 import { OrderGate } from './order-gate.js';
-import { allocatedRunMin, SECTOR, wordsOf } from './sector-scan.js';
+import { allocatedRunMin, rangeIsZero, SECTOR, wordsOf } from './sector-scan.js';
 
 /** Options for {@link convertImage}; the names follow qemu-img convert's flags. */
 export interface ConvertOptions {
@@ -84,6 +84,10 @@ export async function convertImage(
   // qemu aligns zero/data splits to the sparse granularity (its target's request alignment is 1 sector).
   const alignment = Math.max(minSectors === 0 ? 1 : 2 ** Math.floor(Math.log2(minSectors)), 1);
   const zeroAsData = minSparse === 0;
+  const cluster = target.compressedClusterSize ?? 0;
+  if (cluster > 0 && (!Number.isInteger(cluster) || cluster % SECTOR !== 0 || bufferSize % cluster !== 0)) {
+    throw new Qcow2Error('INVALID_ARGUMENT', `Compressed cluster size ${cluster} does not divide the buffer size ${bufferSize}`);
+  }
   const inOrder = options.inOrder ?? target.prefersInOrderWrites;
   const result: ConvertResult = { size: source.size, bytesRead: 0, bytesWritten: 0, bytesZeroed: 0 };
 
@@ -92,13 +96,13 @@ export async function convertImage(
   let allocatedDone = 0;
   if (progress) {
     // qemu-img's first pass: how many bytes will count towards 100%.
-    const counter = new JobCutter(source, bufferSize, zeroAsData);
+    const counter = new JobCutter(source, bufferSize, zeroAsData, cluster);
     for (let job = await counter.next(); job; job = await counter.next()) {
       if (job.kind === 'data' || zeroAsData) allocatedTotal += job.length;
     }
   }
 
-  const cutter = new JobCutter(source, bufferSize, zeroAsData);
+  const cutter = new JobCutter(source, bufferSize, zeroAsData, cluster);
   let queue: Promise<unknown> = Promise.resolve();
   let failure: unknown;
   let failed = false;
@@ -125,6 +129,7 @@ export async function convertImage(
       result.bytesWritten += job.length;
       return;
     }
+    if (cluster > 0) return writeClusters(buf, job);
     const sectors = job.length / SECTOR;
     const sectorNum = job.offset / SECTOR;
     let first = 0;
@@ -141,6 +146,24 @@ export async function convertImage(
         result.bytesZeroed += end - start;
       }
       first += n;
+    }
+  };
+
+  // Compressed output: each cluster is written whole, or skipped only when all zero.
+  const writeClusters = async (buf: Uint8Array, job: Job): Promise<void> => {
+    let pos = 0;
+    while (pos < job.length) {
+      const zero = rangeIsZero(buf, pos, Math.min(pos + cluster, job.length));
+      let end = Math.min(pos + cluster, job.length);
+      while (end < job.length && rangeIsZero(buf, end, Math.min(end + cluster, job.length)) === zero) end = Math.min(end + cluster, job.length);
+      if (!zero) {
+        await target.write(buf.subarray(pos, end), job.offset + pos);
+        result.bytesWritten += end - pos;
+      } else if (!target.zeroInitialized) {
+        await target.writeZeroes(job.offset + pos, end - pos);
+        result.bytesZeroed += end - pos;
+      }
+      pos = end;
     }
   };
 

@@ -374,9 +374,12 @@ export function stackTraceLines(stderr: string): string[] {
   return stderr.split('\n').filter((l) => /^\s+at\s/.test(l) || /node:internal|\.js:\d+:\d+/.test(l));
 }
 
-/** Lines of qemu-io output without the timing line (`64 KiB, 1 ops; 00.00 sec (...)`). */
+/**
+ * Lines of qemu-io output without the timing lines: `64 KiB, 1 ops; 00.00 sec (1.2 GiB/sec and
+ * 19.5 ops/sec)`, or `64 bytes, 1 ops; 0:00:01.01 (63.6 bytes/sec and 0.99 ops/sec)` past a second.
+ */
 export function withoutTimings(output: string): string[] {
-  return output.split('\n').filter((l) => l !== '' && !/ops; [\d:.]+ sec \(/.test(l));
+  return output.split('\n').filter((l) => l !== '' && !/, \d+ ops; .* ops\/sec\)$/.test(l));
 }
 
 function shellQuote(s: string): string {

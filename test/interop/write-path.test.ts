@@ -319,8 +319,11 @@ describe('write path interop: random io scripts, qemu-io vs qcow2kit', { concurr
 
 /** `bench -w` workloads: many concurrent, overlapping, unaligned writes through the async API. */
 const BENCH_CASES: ReadonlyArray<{ name: string; create: string[]; bench: string[] }> = [
-  { name: 'overlapping 4k writes every 3k, depth 64, wrapping', create: ['-o', 'cluster_size=64k'], bench: ['-c', '2000', '-d', '64', '-s', '4k', '-S', '3k'] },
-  { name: 'extended_l2 over a qcow2 backing, 100k every 37k', create: ['-o', 'extended_l2=on', '-b', 'base.qcow2', '-F', 'qcow2'], bench: ['-c', '500', '-d', '16', '-s', '100k', '-S', '37k', '-o', '5', '--pattern=0x5a'] },
+  // 4 MiB images: with 7.2's wrap at the image size, -S 4k wraps cleanly; 1365 requests of 4k
+  // every 3k stay inside (the next one would cross the end and fail in both tools).
+  { name: 'overlapping 4k writes every 3k, depth 64', create: ['-o', 'cluster_size=64k'], bench: ['-c', '1365', '-d', '64', '-s', '4k', '-S', '3k'] },
+  { name: 'wrapping 4k writes, depth 64', create: ['-o', 'cluster_size=4k'], bench: ['-c', '3000', '-d', '64', '-s', '4k'] },
+  { name: 'extended_l2 over a qcow2 backing, 100k every 37k', create: ['-o', 'extended_l2=on', '-b', 'base.qcow2', '-F', 'qcow2'], bench: ['-c', '100', '-d', '16', '-s', '100k', '-S', '37k', '-o', '5', '--pattern=0x5a'] },
   { name: '512-byte clusters, refcount_bits=64, drained flushes', create: ['-o', 'cluster_size=512,refcount_bits=64'], bench: ['-c', '300', '-d', '8', '-s', '64k', '--flush-interval=8'] },
   { name: 'compat=0.10, 1536 bytes every 512, undrained flushes', create: ['-o', 'compat=0.10'], bench: ['-c', '1000', '-d', '32', '-s', '1536', '-S', '512', '-o', '1M', '--flush-interval=40', '--no-drain'] },
   { name: 'lazy_refcounts, writethrough', create: ['-o', 'lazy_refcounts=on,cluster_size=4k'], bench: ['-t', 'writethrough', '-c', '200', '-d', '4', '-s', '8k', '-S', '5k'] },
@@ -338,9 +341,23 @@ describe('bench -w: qemu-img bench and qcow2kit bench leave the same image', { c
       const q = check(await qemuImg(['bench', '-w', ...c.bench, 'q.qcow2'], { cwd: dir }));
       const o = check(await qcow2kit(['bench', '-w', ...c.bench, 'o.qcow2'], { cwd: dir }));
       assert.equal(o.stdout.split('\n')[0], q.stdout.split('\n')[0]);
+      assert.equal(o.stderr, '');
       assert.match(o.stdout, /\nRun completed in \d+\.\d{3} seconds\.\n$/);
       await assertClean(dir, 'o.qcow2', c.name);
       await assertIdentical(dir, 'q.qcow2', 'o.qcow2', c.name);
     });
   }
+});
+
+test('bench: a wrapped request that crosses the end fails in both tools (qemu-img 7.2)', async (t) => {
+  if (!requireQemu(t)) return;
+  const dir = await tempDir(t, 'qcow2kit-bench-');
+  for (const name of ['q.qcow2', 'o.qcow2']) check(await qemuImg(['create', '-q', '-f', 'qcow2', name, String(4 * MiB)], { cwd: dir }));
+  const args = ['bench', '-w', '-c', '1366', '-d', '1', '-s', '4k', '-S', '3k'];
+  const q = await qemuImg([...args, 'q.qcow2'], { cwd: dir });
+  const o = await qcow2kit([...args, 'o.qcow2'], { cwd: dir });
+  assert.equal(q.code, 1);
+  assert.equal(o.code, 1);
+  assert.equal(o.stdout, q.stdout);
+  assert.equal(o.stderr, q.stderr.replace(/^qemu-img:/, 'qcow2kit:'));
 });

@@ -804,11 +804,18 @@ function* l2Writes(sim: CreateSimulator, o: Qcow2CreateOptions): IterableIterato
     for (let r = runs.seek(first); r < runs.length && runs.guest[r]! < last; r++) {
       const g0 = Math.max(first, runs.guest[r]!);
       const g1 = Math.min(last, runs.guest[r]! + runs.count[r]!);
-      for (let g = g0; g < g1; g++) {
-        const off = (runs.host[r]! + (g - runs.guest[r]!)) * cs;
-        const at = (g - first) * entrySize;
-        v.setUint32(at, (COPIED_HI | Math.floor(off / TWO_32)) >>> 0);
-        v.setUint32(at + 4, off >>> 0);
+      // Entries step by one cluster: carry from the low word into the high word by hand.
+      const off = (runs.host[r]! + (g0 - runs.guest[r]!)) * cs;
+      let hi = (COPIED_HI | Math.floor(off / TWO_32)) >>> 0;
+      let lo = off % TWO_32;
+      for (let at = (g0 - first) * entrySize, end = (g1 - first) * entrySize; at < end; at += entrySize) {
+        v.setUint32(at, hi);
+        v.setUint32(at + 4, lo);
+        lo += cs;
+        if (lo >= TWO_32) {
+          lo -= TWO_32;
+          hi++;
+        }
       }
     }
     yield { offset: table * cs, bytes };

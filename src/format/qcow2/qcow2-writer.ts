@@ -85,6 +85,10 @@ export class Qcow2Writer implements DriverWriter {
   /** Writable-open housekeeping, as QEMU does: unknown (and unmaintained) autoclear bits are cleared. */
   async prepare(): Promise<void> {
     const h = this.#s.meta.header;
+    if (hasBit(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
+      // Refcounts of a crashed lazy-refcounts writer cannot be trusted for allocation.
+      throw new Qcow2Error('CORRUPT', "Image is dirty (lazy refcounts after an unclean shutdown); repair it with 'check -r all' first", {});
+    }
     if (h.version === 3) {
       const keep = { hi: 0, lo: h.autoclearFeatures.lo & (1 << AUTOCLEAR_DATA_FILE_RAW) };
       if (keep.lo !== h.autoclearFeatures.lo || h.autoclearFeatures.hi !== 0) {
@@ -165,6 +169,9 @@ export class Qcow2Writer implements DriverWriter {
     const first = Math.ceil(offset / cs) * cs;
     const last = Math.floor((offset + length) / cs) * cs;
     if (first >= last) return;
+    // Without the zero flag (v2), dropping a cluster would expose the backing file: QEMU
+    // refuses such discards, which leaves the data as it was.
+    if (!full && s.meta.header.version < 3 && this.#hasBacking) return;
     await this.#beforeMetadataChange();
     await this.#forClusters(first, last, (table, index, old) => {
       const type = this.#clusterType(old);

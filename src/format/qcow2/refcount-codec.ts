@@ -177,9 +177,13 @@ export function fillRefcounts(block: Uint8Array, order: number, from: number, to
     return;
   }
   setRefcount(block, from, order, value);
+  // Double the filled prefix until the range is covered.
   const width = 1 << (order - 3);
-  const entry = block.subarray(from * width, from * width + width);
-  for (let i = from + 1; i < to; i++) block.set(entry, i * width);
+  const start = from * width;
+  const end = to * width;
+  for (let filled = width; filled < end - start; filled *= 2) {
+    block.copyWithin(start + filled, start, start + Math.min(filled, end - start - filled));
+  }
 }
 
 /** A decoded refcount table entry. */

@@ -46,6 +46,8 @@ export class Refcounts {
   #retired: ReftableLocation[] = [];
   readonly #lock = new AsyncMutex();
   #refblockSet: Set<number> | undefined;
+  /** Refblocks with a decrease since the last flush (the only ones needing the merge). */
+  readonly #decreased = new Set<number>();
 
   private constructor(storage: Storage, clusterBits: number, refcountOrder: number, location: ReftableLocation, reftable: Uint8Array, fileSize: number) {
     this.#storage = storage;
@@ -103,6 +105,7 @@ export class Refcounts {
           : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
       }
       this.#keepDiskCopy(blockOffset, block);
+      if (delta < 0) this.#decreased.add(blockOffset);
       setRefcount(block, i, this.#order, next);
       this.#blocks.markDirty(blockOffset);
       if (next === 0 && c < this.#freeHint) this.#freeHint = c;
@@ -150,7 +153,11 @@ export class Refcounts {
   async writeIncreases(): Promise<void> {
     await this.#blocks.writeDirty((off, current) => {
       const disk = this.#diskCopies.get(off);
-      if (disk === undefined) return current.slice();
+      // Only increases since the last flush: memory is already >= disk everywhere.
+      if (disk === undefined || !this.#decreased.has(off)) {
+        this.#diskCopies.set(off, current.slice());
+        return current.slice();
+      }
       const merged = current.slice();
       for (let i = 0; i < this.#entriesPerBlock; i++) {
         const d = getRefcount(disk, i, this.#order);
@@ -170,11 +177,13 @@ export class Refcounts {
   async writeFinal(): Promise<void> {
     await this.#blocks.writeDirty();
     this.#diskCopies.clear();
+    this.#decreased.clear();
     const retired = this.#retired;
     this.#retired = [];
     for (const r of retired) await this.#lock.run(() => this.update(r.offset, r.clusters, -1));
     if (retired.length > 0) await this.#blocks.writeDirty();
     this.#diskCopies.clear();
+    this.#decreased.clear();
   }
 
   /** True when host offset `offset` holds a refcount block (for the overlap check). */
