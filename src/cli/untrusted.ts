@@ -59,6 +59,33 @@ export interface UntrustedCliOpenOptions {
 }
 
 /**
+ * Open a file as an untrusted image; image problems stay Qcow2Errors (for callers with their
+ * own "Could not open" wording, such as convert).
+ *
+ * @example
+ * ```ts
+ * const image = await openUntrustedFile('upload.qcow2', { format: 'qcow2' });
+ * ```
+ */
+export async function openUntrustedFile(path: string, opts: Omit<UntrustedCliOpenOptions, 'format'> & { format: UntrustedFormat }): Promise<Image> {
+  const readOnly = opts.readOnly ?? true;
+  const storage = await NodeFileStorage.open(path, { readOnly });
+  try {
+    return await openUntrusted(storage, {
+      format: opts.format,
+      readOnly,
+      codecs: nodeCodecs,
+      ...(opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {}),
+      ...(opts.backing === false ? { openBacking: false } : {}),
+      ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
+    });
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}
+
+/**
  * Open a file named on the command line as an untrusted image. Failures read
  * "Could not open 'NAME': reason", as with the ordinary open.
  *
@@ -69,20 +96,9 @@ export interface UntrustedCliOpenOptions {
  */
 export async function openUntrustedForCli(path: string, opts: UntrustedCliOpenOptions): Promise<Image> {
   const format = untrustedFormat(opts.format);
-  const readOnly = opts.readOnly ?? true;
-  let storage: Storage | undefined;
   try {
-    storage = await NodeFileStorage.open(path, { readOnly });
-    return await openUntrusted(storage, {
-      format,
-      readOnly,
-      codecs: nodeCodecs,
-      ...(opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {}),
-      ...(opts.backing === false ? { openBacking: false } : {}),
-      ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
-    });
+    return await openUntrustedFile(path, { ...opts, format });
   } catch (e) {
-    await storage?.close();
     if (e instanceof Qcow2Error) throw new CliError(`Could not open '${path}': ${e.message}`, { cause: e });
     throw e;
   }

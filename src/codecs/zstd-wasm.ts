@@ -4,7 +4,9 @@
  * (zstd-frame.ts) and frames are decoded one after another until the cluster is full,
  * as QEMU's streaming loop does.
  */
-import { init, compress as wasmCompress, decompress as wasmDecompress } from '@bokuweb/zstd-wasm';
+// Loaded on first use: importing the package costs ~25 ms at startup, paid by every CLI run.
+type ZstdModule = typeof import('@bokuweb/zstd-wasm');
+let zstd: ZstdModule | undefined;
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
 import { readZstdFrame } from './zstd-frame.js';
@@ -31,11 +33,11 @@ let initialized = false;
 export function initZstdWasm(wasmUrl?: string): Promise<void> {
   // Initialising the package twice swaps its wasm instance under in-flight callers, so
   // adopt an instance that the application already set up.
-  if (!ready && isInitialisedElsewhere()) {
-    initialized = true;
-    ready = Promise.resolve();
-  }
-  ready ??= (init as (path?: string) => Promise<void>)(wasmUrl).then(
+  ready ??= import('@bokuweb/zstd-wasm').then((m) => {
+    zstd = m;
+    if (isInitialisedElsewhere(m)) return;
+    return (m.init as (path?: string) => Promise<void>)(wasmUrl);
+  }).then(
     () => { initialized = true; },
     (cause: unknown) => {
       ready = undefined;
@@ -46,9 +48,9 @@ export function initZstdWasm(wasmUrl?: string): Promise<void> {
 }
 
 /** The package has no "is initialised" query; a tiny compression only works once it is. */
-function isInitialisedElsewhere(): boolean {
+function isInitialisedElsewhere(m: ZstdModule): boolean {
   try {
-    return wasmCompress(new Uint8Array(1), 1).byteLength > 0;
+    return m.compress(new Uint8Array(1), 1).byteLength > 0;
   } catch {
     return false;
   }
@@ -82,7 +84,7 @@ export function zstdDecompressSync(src: Uint8Array, dst: Uint8Array): void {
       }
       let out: Uint8Array;
       try {
-        out = wasmDecompress(src.subarray(inPos, inPos + frame.length), { defaultHeapSize: room });
+        out = zstd!.decompress(src.subarray(inPos, inPos + frame.length), { defaultHeapSize: room });
       } catch (cause) {
         throw decompressError('invalid frame', { offset: inPos }, cause);
       }
@@ -101,7 +103,7 @@ export function zstdDecompressSync(src: Uint8Array, dst: Uint8Array): void {
  */
 export function zstdCompressSync(src: Uint8Array): Uint8Array | undefined {
   if (!initialized) throw new Qcow2Error('UNSUPPORTED', 'zstd: WebAssembly encoder not initialised');
-  const out = wasmCompress(src, ZSTD_DEFAULT_LEVEL);
+  const out = zstd!.compress(src, ZSTD_DEFAULT_LEVEL);
   // QEMU's output buffer is cluster_size - 1 bytes; a frame that fits is kept.
   return out.byteLength < src.byteLength ? out : undefined;
 }
