@@ -70,8 +70,12 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     }
     // A damaged image can produce a message per cluster: start a flush whenever the writer
     // asks for one, so its drain event is waited for as soon as the pipe is full.
+    let flushing: Promise<void> | undefined;
     const say = (text: string): void => {
-      if (!io.stderr.write(text)) void io.stderr.flush();
+      if (io.stderr.write(text) || flushing !== undefined) return;
+      flushing = io.stderr.flush().finally(() => {
+        flushing = undefined;
+      });
     };
     const reporter: CheckReporter = { line: (text) => say(`${text}\n`), error: (text) => say(`${PROGRAM}: ${text}\n`) };
     let outcome;

@@ -12,8 +12,12 @@ export type Mapping =
    * `hostOffset`/`storage` say where, as qemu-img map reports them.
    */
   | { kind: 'zero'; length: number; storage?: Storage; hostOffset?: number }
-  /** Not allocated in this layer: the backing file decides (zeros when there is none). */
-  | { kind: 'unallocated'; length: number }
+  /**
+   * Not allocated in this layer: the backing file decides (zeros when there is none).
+   * `hostOffset` is set for unallocated subclusters of an allocated cluster (extended L2),
+   * which qemu-img map reports with their host offset when nothing below has data.
+   */
+  | { kind: 'unallocated'; length: number; storage?: Storage; hostOffset?: number }
   /**
    * Inside one compressed cluster. The driver decodes it: `readCompressed(mapping, dst)` fills
    * `dst` (cluster-sized) with the whole decompressed cluster starting at `clusterGuestOffset`.

@@ -120,7 +120,14 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
   const groups = new Map<string, FindingGroup>();
   const pendingWrites: Promise<void>[] = [];
 
-  const budgetLeft = (): boolean => Date.now() < stopAt && nextSeed - o.seed < o.execs;
+  // SIGINT/SIGTERM: hand out no more cases, let the running ones finish, write the summary.
+  let stopRequested = false;
+  const onSignal = (): void => {
+    stopRequested = true;
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const budgetLeft = (): boolean => !stopRequested && Date.now() < stopAt && nextSeed - o.seed < o.execs;
   const takeBatch = (): number[] => {
     const out: number[] = [];
     while (out.length < BATCH && budgetLeft() && nextSeed - o.seed < o.execs) out.push(nextSeed++);
@@ -170,7 +177,10 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
         await mkdir(dir, { recursive: true });
         await writeFile(join(dir, `seed-${seed}.json`), JSON.stringify(doc, null, 2) + '\n');
         if (mutated !== undefined) await writeFile(join(dir, `seed-${seed}.qcow2`), Buffer.from(mutated, 'base64'));
-      })());
+      })().catch((e: unknown) => {
+        // A full disk must not end the run: the summary still names the seed.
+        process.stderr.write(`fuzz: could not save finding for seed ${seed}: ${e instanceof Error ? e.message : String(e)}\n`);
+      }));
     }
   };
 
@@ -280,6 +290,9 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
     ? setInterval(() => {
       const s = (Date.now() - started) / 1000;
       process.stderr.write(`fuzz: ${summary.executions} execs in ${s.toFixed(0)} s (${(summary.executions / s).toFixed(1)}/s), ${summary.findings} findings in ${groups.size} groups\n`);
+      // A partial summary, so that a run that is killed still leaves its numbers behind.
+      const partial = { ...summary, seconds: s, lastSeed, groups: [...groups.values()].map((g) => ({ signature: g.signature, count: g.count, seeds: g.seeds })) };
+      writeFile(join(o.corpusDir, 'summary-partial.json'), JSON.stringify(partial, null, 2) + '\n').catch(() => {});
     }, o.progressMs)
     : undefined;
   await Promise.all(Array.from({ length: o.workers }, () => slot()));
@@ -292,7 +305,11 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
   const cpu = process.cpuUsage(cpuStart);
   summary.cpuSeconds = Math.round((cpu.user + cpu.system) / 1e4) / 100;
   summary.groups = [...groups.values()];
-  await writeFile(join(o.corpusDir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+  await writeFile(join(o.corpusDir, 'summary.json'), JSON.stringify(summary, null, 2) + '\n').catch((e: unknown) => {
+    process.stderr.write(`fuzz: could not write summary.json: ${e instanceof Error ? e.message : String(e)}\n`);
+  });
   return summary;
 }
 

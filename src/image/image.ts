@@ -97,7 +97,9 @@ export class Image implements ImageReader {
           const below = layer.backing;
           // Past the end of a shorter backing file this layer decides: zeros, as QEMU reports.
           if (below === undefined || offset >= below.size) {
-            return { offset, length, depth, present: false, zero: true, data: false, compressed: false };
+            return m.hostOffset !== undefined && m.storage !== undefined
+              ? { offset, length, depth, present: false, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
+              : { offset, length, depth, present: false, zero: true, data: false, compressed: false };
           }
           length = Math.min(length, below.size - offset);
           layer = below;

@@ -39,10 +39,18 @@ function assertSameResult(qemu: RunResult, ours: RunResult, what: string): void 
 /** Runs `measure ARGS` with both tools (in `cwd`) and requires the same result; returns qemu's. */
 async function sameMeasure(args: readonly string[], cwd?: string): Promise<RunResult> {
   const opts = cwd === undefined ? {} : { cwd };
-  const qemu = await qemuImg(['measure', ...args], opts);
-  const ours = await qcow2kit(['measure', ...args], opts);
+  const [qemu, ours] = await Promise.all([qemuImg(['measure', ...args], opts), qcow2kit(['measure', ...args], opts)]);
   assertSameResult(qemu, ours, `measure ${args.join(' ')}`);
   return qemu;
+}
+
+/** Runs `fn` over `items`, a few at a time. */
+async function pool<T>(items: readonly T[], fn: (item: T) => Promise<void>, width = 4): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: width }, worker));
 }
 
 const SIZES = ['0', '1', '1000', '65536', '1M', '100M', '1G', '3G', '1T', '64T', '1P', '4P', '9223372036854775807'];
@@ -66,13 +74,12 @@ describe('measure matches qemu-img', () => {
   test('--size: a spread of sizes and qcow2 options, JSON', async (t) => {
     if (!requireQemu(t)) return;
     // Every size with the default options, every option set with a few sizes.
-    for (const size of SIZES) {
+    await pool(SIZES, async (size) => {
       const r = await sameMeasure(['--output=json', '-O', 'qcow2', '--size', size]);
       if (r.code === 0) parseJson(r.stdout, `measure --size ${size}`);
-    }
-    for (const o of OPTIONS.slice(1)) {
-      for (const size of ['1000', '1G', '1P']) await sameMeasure(['--output=json', '-O', 'qcow2', '-o', o, '--size', size]);
-    }
+    });
+    const withOptions = OPTIONS.slice(1).flatMap((o) => ['1000', '1G', '1P'].map((size) => ['--output=json', '-O', 'qcow2', '-o', o, '--size', size]));
+    await pool(withOptions, async (args) => void (await sameMeasure(args)));
   });
 
   test('--size: human output, raw output format, defaults', async (t) => {
@@ -121,10 +128,10 @@ describe('measure matches qemu-img', () => {
       ['--size', '1P', '-O', 'qcow2', '-o', 'cluster_size=512'],
       ['nonexistent.qcow2'],
     ];
-    for (const args of cases) {
+    await pool(cases, async (args) => {
       const r = await sameMeasure(args);
       assert.equal(r.code, 1, `measure ${args.join(' ')} fails`);
-    }
+    });
   });
 
   test('a getopt error prints glibc\'s message, then the help, and exits 0', async (t) => {
@@ -162,14 +169,16 @@ describe('measure matches qemu-img', () => {
     await must('qemu-img', ['bitmap', '--add', p('bm.qcow2'), 'b1']);
     await must('qemu-img', ['bitmap', '--add', '-g', '4k', p('bm.qcow2'), 'a-longer-bitmap-name']);
 
-    for (const src of ['a.qcow2', 'over.qcow2', 'v2.qcow2', 'ext.qcow2', 'dense.raw', 'bm.qcow2']) {
-      for (const extra of [[], ['-o', 'cluster_size=512'], ['-o', 'cluster_size=2M,refcount_bits=64'], ['-o', 'extended_l2=on'], ['-o', 'compat=0.10'], ['-o', 'backing_file=x'], ['-o', 'preallocation=full']]) {
-        const r = await sameMeasure(['--output=json', '-O', 'qcow2', ...extra, src], dir);
-        assert.equal(r.code, 0, `measure ${src} ${extra.join(' ')}`);
-      }
+    const sources = ['a.qcow2', 'over.qcow2', 'v2.qcow2', 'ext.qcow2', 'dense.raw', 'bm.qcow2'];
+    const extras = [[], ['-o', 'cluster_size=512'], ['-o', 'cluster_size=2M,refcount_bits=64'], ['-o', 'extended_l2=on'], ['-o', 'compat=0.10'], ['-o', 'backing_file=x'], ['-o', 'preallocation=full']];
+    await pool(sources.flatMap((src) => extras.map((extra) => ['--output=json', '-O', 'qcow2', ...extra, src])), async (args) => {
+      const r = await sameMeasure(args, dir);
+      assert.equal(r.code, 0, `measure ${args.join(' ')}`);
+    });
+    await pool(sources, async (src) => {
       await sameMeasure([src], dir);
       await sameMeasure(['-O', 'qcow2', src], dir);
-    }
+    });
     // (A qcow2 file read as raw has holes where clusters were discarded: see dense.raw.)
     await sameMeasure(['-O', 'qcow2', '-f', 'raw', 'dense.raw'], dir);
     await sameMeasure(['-O', 'qcow2', '-f', 'qcow2', 'dense.raw'], dir);

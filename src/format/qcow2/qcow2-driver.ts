@@ -40,6 +40,8 @@ const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mappin
 /** Cluster kinds after reading an L2 entry (QEMU's subcluster types). */
 const enum Unit {
   Unallocated,
+  /** Extended L2: an unallocated subcluster inside an allocated cluster. */
+  UnallocatedAlloc,
   Zero,
   ZeroAlloc,
   Data,
@@ -226,7 +228,7 @@ export class Qcow2Driver implements FormatDriver {
         const clusterStart = l2Base + l2Index * cs;
         return { kind: 'compressed', length: Math.min(end, clusterStart + cs) - pos, clusterGuestOffset: clusterStart, hostOffset: d.hostOffset, compressedLength: d.length };
       }
-      const hasHost = k === Unit.Data || k === Unit.ZeroAlloc;
+      const hasHost = k === Unit.Data || k === Unit.ZeroAlloc || k === Unit.UnallocatedAlloc;
       const host = hasHost ? this.#hostOffset(hi, lo, l2Offset, l2Index) + sub * unit + (pos - unitStart) : 0;
       if (first) {
         kind = k;
@@ -248,6 +250,8 @@ export class Qcow2Driver implements FormatDriver {
         return { kind: 'zero', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
       case Unit.Zero:
         return { kind: 'zero', length };
+      case Unit.UnallocatedAlloc:
+        return { kind: 'unallocated', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
       default:
         return { kind: 'unallocated', length };
     }
@@ -298,7 +302,7 @@ export class Qcow2Driver implements FormatDriver {
     if (allocated) {
       if ((bmHi & bmLo) !== 0) throw invalidEntry(l2Offset, l2Index);
       if (zeroBit) return Unit.ZeroAlloc;
-      return allocBit ? Unit.Data : Unit.Unallocated;
+      return allocBit ? Unit.Data : Unit.UnallocatedAlloc;
     }
     if (bmLo !== 0) throw invalidEntry(l2Offset, l2Index);
     return zeroBit ? Unit.Zero : Unit.Unallocated;

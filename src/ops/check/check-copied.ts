@@ -31,7 +31,7 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
     if (typeof l2Refcount !== 'number') continue;
     if ((l2Refcount === 1) !== ((l1hi & COPIED) !== 0)) {
       res.corruptions++;
-      ctx.reporter.line(`${word} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1hi, l1lo)} refcount=${l2Refcount}`);
+      ctx.reporter.line(`${word} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1hi, l1lo)} refcount=${await ctx.disk.text(Math.floor(l2Offset / cs))}`);
       if (repair) {
         l1.setUint32(i * 8, (l2Refcount === 1 ? l1hi | COPIED : l1hi & ~COPIED) >>> 0);
         try {
@@ -54,16 +54,18 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
       const type = clusterType(hi, lo, img.extendedL2, img.hasDataFile);
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
       let refcount: number;
+      const dataCluster = Math.floor(entryOffset(hi, lo) / cs);
       if (img.hasDataFile) {
         refcount = 1;
       } else {
-        const r = await ctx.disk.get(Math.floor(entryOffset(hi, lo) / cs));
+        const r = await ctx.disk.get(dataCluster);
         if (typeof r !== 'number') continue;
         refcount = r;
       }
       if ((refcount === 1) !== ((hi & COPIED) !== 0)) {
         res.corruptions++;
-        ctx.reporter.line(`${word} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${refcount}`);
+        const text = img.hasDataFile ? '1' : await ctx.disk.text(dataCluster);
+        ctx.reporter.line(`${word} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${text}`);
         if (repair) {
           v.setUint32(at, (refcount === 1 ? hi | COPIED : hi & ~COPIED) >>> 0);
           dirty++;

@@ -78,13 +78,16 @@ export async function runCheckPass(img: CheckImage, opts: CheckPassOptions): Pro
   return { result, failure: undefined };
 }
 
-/** Storage failures inside a step end the check like QEMU's -EIO. */
+/**
+ * Failures inside a step (storage errors, values this implementation cannot represent) end
+ * the check like QEMU's -EIO: a typed result, never an escaping exception.
+ */
 async function guard(res: CheckResult, step: () => Promise<void>): Promise<void> {
   try {
     await step();
   } catch (e) {
     if (e instanceof CheckAbort) throw e;
-    if (e instanceof Qcow2Error && (e.code === 'IO' || e.code === 'READ_ONLY')) {
+    if (e instanceof Qcow2Error) {
       res.checkErrors++;
       throw new CheckAbort('EIO', e.message);
     }

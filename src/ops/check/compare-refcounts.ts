@@ -4,8 +4,8 @@
  * a used cluster means the refcount structure itself must be rebuilt. Fixes what `fix` allows
  * by setting the on-disk refcount to the counted one.
  */
-import { getRefcount } from '../../format/qcow2/refcount-codec.js';
 import type { CheckContext } from './check-context.js';
+import { diskRefcountText, readDiskRefcount } from './ondisk-refcounts.js';
 import type { RebuildFlag } from './check-refblocks.js';
 import { ERRNO_TEXT, type CheckResult, type FixMode } from './check-types.js';
 import type { RefcountArray } from './refcount-array.js';
@@ -26,7 +26,7 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
         res.checkErrors++;
         continue;
       }
-      const onDisk = block.kind === 'none' ? 0 : getRefcount(block.bytes, i - start, order);
+      const onDisk = block.kind === 'none' ? 0 : readDiskRefcount(block.bytes, i - start, order);
       const counted = imrt.get(i);
       if (onDisk > 0 || counted > 0) highest = i;
       if (onDisk === counted) continue;
@@ -35,7 +35,8 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
       else if (onDisk > counted && fix.leaks) fixes = 'leaks';
       else if (onDisk < counted && fix.errors) fixes = 'corruptions';
       const what = fixes !== undefined ? 'Repairing' : onDisk < counted ? 'ERROR' : 'Leaked';
-      ctx.reporter.line(`${what} cluster ${i} refcount=${onDisk} reference=${counted}`);
+      const onDiskText = block.kind === 'block' ? diskRefcountText(block.bytes, i - start, order) : '0';
+      ctx.reporter.line(`${what} cluster ${i} refcount=${onDiskText} reference=${counted}`);
       if (fixes !== undefined) {
         await ctx.disk.set(i, counted);
         if (fixes === 'leaks') res.leaksFixed++;

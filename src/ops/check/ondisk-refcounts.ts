@@ -4,7 +4,7 @@
  * entry past the table or zero means refcount 0, an unaligned refcount block is a corruption
  * (signalled once) and makes every read through it fail with EIO.
  */
-import { TWO_32 } from '../../util/bytes.js';
+import { TWO_32, viewOf } from '../../util/bytes.js';
 import { getRefcount, setRefcount } from '../../format/qcow2/refcount-codec.js';
 import type { CheckImage } from './check-image.js';
 import { guardRepairWrite } from './repair-overlap.js';
@@ -14,6 +14,23 @@ import type { CheckReporter, Errno } from './check-types.js';
 const CACHE_BLOCKS = 32;
 /** QEMU refuses I/O beyond BDRV_MAX_LENGTH (about 2^63); the top 2^30 are a safe margin. */
 const MAX_IO_HI = 0x7fffffff;
+
+/**
+ * Entry `index` of an on-disk refcount block. 64-bit refcounts of 2^53 and above (never
+ * reached by real references, but possible in a damaged image) read as Infinity: they are
+ * above any counted reference; {@link diskRefcountText} prints them exactly.
+ */
+export function readDiskRefcount(block: Uint8Array, index: number, order: number): number {
+  if (order === 6 && viewOf(block).getUint32(index * 8) > 0x1fffff) return Number.POSITIVE_INFINITY;
+  return getRefcount(block, index, order);
+}
+
+/** Decimal text of an on-disk refcount (exact for 64-bit values). */
+export function diskRefcountText(block: Uint8Array, index: number, order: number): string {
+  if (order !== 6) return String(getRefcount(block, index, order));
+  const v = viewOf(block);
+  return ((BigInt(v.getUint32(index * 8)) << 32n) | BigInt(v.getUint32(index * 8 + 4))).toString();
+}
 
 /** A refcount block as found through the refcount table. */
 export type RefblockLookup =
@@ -72,7 +89,15 @@ export class OnDiskRefcounts {
     const found = await this.lookup(Math.floor(cluster / per));
     if (found.kind === 'none') return 0;
     if (found.kind === 'error') return found.errno;
-    return getRefcount(found.bytes, cluster % per, this.#img.refcountOrder);
+    return readDiskRefcount(found.bytes, cluster % per, this.#img.refcountOrder);
+  }
+
+  /** Decimal text of the refcount `get` returned for `cluster` (exact above 2^53). */
+  async text(cluster: number): Promise<string> {
+    const per = this.#img.refblockEntries;
+    const found = await this.lookup(Math.floor(cluster / per));
+    if (found.kind !== 'block') return '0';
+    return diskRefcountText(found.bytes, cluster % per, this.#img.refcountOrder);
   }
 
   /**

@@ -57,7 +57,8 @@ export class RepairAllocator {
     for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) {
       const r = await ctx.disk.get(c);
       if (typeof r !== 'number') throw new CheckAbort(r);
-      if (r === 0) {
+      // 0: QEMU refuses to go negative; a 64-bit refcount of 2^53 or more cannot be decremented exactly here.
+      if (r === 0 || !Number.isFinite(r)) {
         ctx.reporter.line('qcow2_free_clusters failed: Invalid argument');
         return;
       }
