@@ -55,6 +55,19 @@ export async function findBackingImage(top: Image, name: string): Promise<number
   return undefined;
 }
 
+/**
+ * QEMU's warning when an image opened for writing was probed as raw (its first sector is then
+ * guarded against writes that would make it look like another format).
+ */
+export function warnProbedRaw(io: CliIO, image: Image, filename: string, format: string | undefined): void {
+  if (format !== undefined || image.driver.format !== 'raw') return;
+  io.stderr.write(
+    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+      '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+      "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+  );
+}
+
 /** The layer at `depth` of `top`'s chain (0 = top). */
 export function layerAt(top: Image, depth: number): Image {
   let layer = top;
@@ -123,6 +136,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   if (parseCacheMode(cache) === undefined) throw new CliError(`Invalid cache option: ${cache}`);
 
   const top = await openForCli(filename, { format, readOnly: false });
+  warnProbedRaw(io, top, filename, format);
   const bar = progress ? new QemuProgress(1.0, progressWriter(io)) : undefined;
   let baseImage: Image | undefined;
   let failure: unknown;

@@ -10,7 +10,7 @@ import { QemuProgress } from '../ops/qemu-progress.js';
 import { changeBackingFile, rebaseCopy } from '../ops/rebase.js';
 import { ArgError, parseCommandArgs, type ArgSpec, type ParsedOption } from './args.js';
 import { CliError } from './cli-error.js';
-import { combinePath, findBackingImage, layerAt } from './cmd-commit.js';
+import { combinePath, findBackingImage, layerAt, warnProbedRaw } from './cmd-commit.js';
 import { parseCacheMode, printCliError, progressWriter } from './cmd-convert.js';
 import { QEMU_FORMATS } from './cmd-measure.js';
 import type { CliIO } from './main.js';
@@ -124,6 +124,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     // -u ignores the old backing file, so that a moved or renamed one can be fixed.
     const top = await openForCli(filename, { format, readOnly: false, ...(unsafe ? { backing: false } : {}) });
     opened.push(top);
+    warnProbedRaw(io, top, filename, format);
     if (backingFormat !== undefined && !QEMU_FORMATS.includes(backingFormat)) {
       throw new CliError(`Invalid format name: '${backingFormat}'`);
     }

@@ -382,15 +382,20 @@ function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: 
   return replay === undefined ? { options: o } : { options: o, replay };
 }
 
+/** Write to stdout and wait until it is handed over (a pipe would lose the tail on exit). */
+function writeOut(text: string): Promise<void> {
+  return new Promise((resolve) => process.stdout.write(text, () => resolve()));
+}
+
 async function cli(): Promise<number> {
   const { options, replay } = parseCli(process.argv.slice(2));
   if (replay !== undefined) {
     const r = await replayFinding(replay, options.seedsDir, options.timeoutMs);
-    process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    await writeOut(JSON.stringify(r, null, 2) + '\n');
     return r.finding === undefined ? 0 : 1;
   }
   const summary = await runFuzz(options);
-  process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+  await writeOut(JSON.stringify(summary, null, 2) + '\n');
   return summary.findings === 0 ? 0 : 1;
 }
 

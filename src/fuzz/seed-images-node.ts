@@ -160,6 +160,22 @@ export async function loadSeeds(dir: string): Promise<SeedFiles[]> {
   return out;
 }
 
+/**
+ * Run one tool. LUKS creation measures the PBKDF speed and fails with "Unable to get accurate
+ * CPU usage" on a busy machine: retried with longer iteration times.
+ */
+function runStep(tool: string, args: string[], cwd: string): void {
+  for (let attempt = 0; ; attempt++) {
+    const argv = attempt === 0 ? args : args.map((a) => a.replace(/iter-time=\d+/, `iter-time=${500 * 2 ** attempt}`));
+    try {
+      execFileSync(tool, argv, { cwd, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+      return;
+    } catch (e) {
+      if (attempt >= 3 || !args.some((a) => a.includes('iter-time='))) throw e;
+    }
+  }
+}
+
 /** Run the recipes in a scratch directory and store the seeds in `dir`. */
 export async function createSeeds(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true });
@@ -168,9 +184,7 @@ export async function createSeeds(dir: string): Promise<void> {
   await mkdir(work, { recursive: true });
   const manifest: { name: string; backingFormat?: 'raw' | 'qcow2'; data?: boolean }[] = [];
   for (const r of RECIPES) {
-    for (const [tool, ...args] of r.steps) {
-      execFileSync(tool!, args, { cwd: work, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
-    }
+    for (const [tool, ...args] of r.steps) runStep(tool!, args, work);
     const bytes = await readFile(join(work, `${r.name}.qcow2`));
     if (r.setDirty === true) bytes[79] = (bytes[79] ?? 0) | 1;
     await writeFile(join(dir, `${r.name}.qcow2`), bytes);

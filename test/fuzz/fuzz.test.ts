@@ -68,7 +68,7 @@ test('fuzz round: every outcome is success or a Qcow2Error', { timeout: 30 * 60_
     `${g.signature} x${g.count} (step ${g.step}, seeds ${g.seeds.join(', ')}, base ${g.base})`,
     `  ${g.message}`,
     `  mutations: ${JSON.stringify(g.minimized ?? g.mutations)}`,
-    `  replay: node dist/fuzz/run-fuzz.js --replay ${g.file} --seeds ${join(dir, 'seeds')}`,
+    `  replay (run with QCOW2KIT_KEEP_TMP=1 to keep the corpus): node dist/fuzz/run-fuzz.js --replay ${g.file} --seeds ${join(dir, 'seeds')}`,
     ...g.stack.split('\n').slice(0, 8).map((l) => `  ${l}`),
   ].join('\n'));
   assert.equal(summary.findings, 0, `${summary.findings} findings in ${summary.groups.length} groups:\n${listing.join('\n\n')}`);

@@ -80,6 +80,8 @@ export class CheckImage {
   /** A corruption message was printed already (QEMU prints the first one only). */
   signaledCorruption = false;
   #fileSize: number;
+  #reftableView: DataView | undefined;
+  #l1View: DataView | undefined;
 
   private constructor(storage: Storage, header: Qcow2Header, writable: boolean, fileSize: number, l1: Uint8Array, reftable: Uint8Array,
     crypto: CryptoHeaderPointer | undefined, bitmaps: BitmapsExtension | undefined, hasDataFile: boolean) {
@@ -192,14 +194,15 @@ export class CheckImage {
 
   /** Raw refcount table entry `index` as [hi, lo]. */
   reftableEntry(index: number): [number, number] {
-    const v = viewOf(this.reftable);
+    if (this.#reftableView?.buffer !== this.reftable.buffer) this.#reftableView = viewOf(this.reftable);
+    const v = this.#reftableView;
     return [v.getUint32(index * 8), v.getUint32(index * 8 + 4)];
   }
 
   /** Active L1 entry `index` as [hi, lo]. */
   l1Entry(index: number): [number, number] {
-    const v = viewOf(this.l1);
-    return [v.getUint32(index * 8), v.getUint32(index * 8 + 4)];
+    this.#l1View ??= viewOf(this.l1);
+    return [this.#l1View.getUint32(index * 8), this.#l1View.getUint32(index * 8 + 4)];
   }
 
   /**

@@ -5,7 +5,7 @@
  * by setting the on-disk refcount to the counted one.
  */
 import type { CheckContext } from './check-context.js';
-import { diskRefcountText, readDiskRefcount } from './ondisk-refcounts.js';
+import { decodeRefblock, diskRefcountText } from './ondisk-refcounts.js';
 import type { RebuildFlag } from './check-refblocks.js';
 import { ERRNO_TEXT, type CheckResult, type FixMode } from './check-types.js';
 import type { RefcountArray } from './refcount-array.js';
@@ -19,6 +19,7 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
   let highest = 0;
   for (let start = 0; start < nb; start += per) {
     const block = await ctx.disk.lookup(start / per);
+    const values = block.kind === 'block' ? decodeRefblock(block.bytes, order) : undefined;
     const end = Math.min(nb, start + per);
     for (let i = start; i < end; i++) {
       if (block.kind === 'error') {
@@ -26,7 +27,7 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
         res.checkErrors++;
         continue;
       }
-      const onDisk = block.kind === 'none' ? 0 : readDiskRefcount(block.bytes, i - start, order);
+      const onDisk = values === undefined ? 0 : values[i - start]!;
       const counted = imrt.get(i);
       if (onDisk > 0 || counted > 0) highest = i;
       if (onDisk === counted) continue;

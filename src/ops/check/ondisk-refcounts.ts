@@ -16,13 +16,31 @@ const CACHE_BLOCKS = 32;
 const MAX_IO_HI = 0x7fffffff;
 
 /**
- * Entry `index` of an on-disk refcount block. 64-bit refcounts of 2^53 and above (never
- * reached by real references, but possible in a damaged image) read as Infinity: they are
- * above any counted reference; {@link diskRefcountText} prints them exactly.
+ * All entries of an on-disk refcount block as numbers. 64-bit refcounts of 2^53 and above
+ * (never reached by real references, but possible in a damaged image) read as Infinity: they
+ * are above any counted reference; {@link diskRefcountText} prints them exactly.
  */
-export function readDiskRefcount(block: Uint8Array, index: number, order: number): number {
-  if (order === 6 && viewOf(block).getUint32(index * 8) > 0x1fffff) return Number.POSITIVE_INFINITY;
-  return getRefcount(block, index, order);
+export function decodeRefblock(block: Uint8Array, order: number): Float64Array {
+  const count = (block.byteLength * 8) >>> order;
+  const out = new Float64Array(count);
+  const v = viewOf(block);
+  switch (order) {
+    case 6:
+      for (let i = 0; i < count; i++) {
+        const hi = v.getUint32(i * 8);
+        out[i] = hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * TWO_32 + v.getUint32(i * 8 + 4);
+      }
+      break;
+    case 5: for (let i = 0; i < count; i++) out[i] = v.getUint32(i * 4); break;
+    case 4: for (let i = 0; i < count; i++) out[i] = v.getUint16(i * 2); break;
+    case 3: for (let i = 0; i < count; i++) out[i] = block[i]!; break;
+    default: {
+      const bits = 2 ** order;
+      const mask = (1 << bits) - 1;
+      for (let i = 0; i < count; i++) out[i] = (block[(i * bits) >>> 3]! >>> ((i * bits) & 7)) & mask;
+    }
+  }
+  return out;
 }
 
 /** Decimal text of an on-disk refcount (exact for 64-bit values). */
@@ -58,6 +76,8 @@ export class OnDiskRefcounts {
   readonly #img: CheckImage;
   readonly #reporter: CheckReporter;
   readonly #cache = new Map<number, CachedBlock>();
+  /** The block last read through `get`, decoded (consecutive clusters mostly share one). */
+  #memo: { index: number; found: RefblockLookup; values: Float64Array | undefined } | undefined;
 
   constructor(img: CheckImage, reporter: CheckReporter) {
     this.#img = img;
@@ -86,10 +106,15 @@ export class OnDiskRefcounts {
    */
   async get(cluster: number): Promise<number | Errno> {
     const per = this.#img.refblockEntries;
-    const found = await this.lookup(Math.floor(cluster / per));
-    if (found.kind === 'none') return 0;
-    if (found.kind === 'error') return found.errno;
-    return readDiskRefcount(found.bytes, cluster % per, this.#img.refcountOrder);
+    const index = Math.floor(cluster / per);
+    let memo = this.#memo;
+    if (memo === undefined || memo.index !== index) {
+      const found = await this.lookup(index);
+      memo = { index, found, values: found.kind === 'block' ? decodeRefblock(found.bytes, this.#img.refcountOrder) : undefined };
+      this.#memo = memo;
+    }
+    if (memo.found.kind === 'error') return memo.found.errno;
+    return memo.values === undefined ? 0 : memo.values[cluster % per]!;
   }
 
   /** Decimal text of the refcount `get` returned for `cluster` (exact above 2^53). */
@@ -110,11 +135,13 @@ export class OnDiskRefcounts {
     if (found.kind !== 'block' || !Number.isFinite(found.offset)) throw new RangeError(`no usable refcount block for cluster ${cluster}`);
     setRefcount(found.bytes, cluster % per, this.#img.refcountOrder, value);
     this.#cache.get(found.offset)!.dirty = true;
+    this.#memo = undefined;
   }
 
   /** Put a freshly written refcount block into the cache (allocator). */
   adopt(offset: number, bytes: Uint8Array): void {
     this.#cache.set(offset, { bytes, dirty: false });
+    this.#memo = undefined;
   }
 
   /** Write back changed refcount blocks (refused, as by QEMU, if one overlaps other metadata). */
@@ -133,6 +160,7 @@ export class OnDiskRefcounts {
   /** Forget cached blocks (after the refcount structure was replaced). Flush first if needed. */
   clear(): void {
     this.#cache.clear();
+    this.#memo = undefined;
   }
 
   /**

@@ -93,7 +93,7 @@ async function writeRefblocks(ctx: CheckContext, imrt: RefcountArray, first: num
     }
     await step('ERROR writing refblock', async () => {
       await guardRepairWrite(ctx, offset, cs, REBUILD_IGNORES);
-      await ctx.img.storage.write(imrt.block(index).slice(), offset);
+      await ctx.img.storage.write(imrt.block(index), offset);
     });
     cluster = blockStart + per - 1;
   }

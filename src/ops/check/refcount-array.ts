@@ -1,22 +1,27 @@
 /**
- * The in-memory refcount table a check builds (QEMU's "IMRT"): one refcount per host cluster,
- * stored exactly like the concatenation of all refcount blocks of the image's refcount width,
- * so that a rebuild can write slices of it to disk as refcount blocks.
+ * The in-memory refcount table a check builds (QEMU's "IMRT"): one refcount per host cluster.
+ * Counts live in a plain typed array (fast to update while walking millions of entries);
+ * `block(i)` encodes the slice for refcount block `i` in the image's refcount width, which is
+ * what a rebuild writes to disk.
  */
-import { getRefcount, refcountMax, setRefcount } from '../../format/qcow2/refcount-codec.js';
+import { refcountMax } from '../../format/qcow2/refcount-codec.js';
+import { viewOf } from '../../util/bytes.js';
 import { CheckAbort } from './check-types.js';
 
-/** Default cap on the array's memory: a 32 TiB image with 64 KiB clusters and 16-bit refcounts. */
-export const DEFAULT_MAX_REFCOUNT_ARRAY_BYTES = 1 << 30;
+/** Default cap on the array's memory: 512 Mi clusters (32 TiB of 64 KiB clusters) below 64-bit refcounts. */
+export const DEFAULT_MAX_REFCOUNT_ARRAY_BYTES = 2 ** 31;
+
+type Counts = Uint32Array | Float64Array;
 
 /**
  * A growable array of refcounts. `size` is the number of clusters it describes (QEMU's
- * nb_clusters); storage beyond `size` is kept zero.
+ * nb_clusters); entries beyond `size` stay zero.
  *
  * @example
  * ```ts
  * const imrt = new RefcountArray(4, 65536, 16);
  * imrt.set(3, imrt.get(3) + 1);
+ * const refblock0 = imrt.block(0); // 65536 bytes of 16-bit big-endian refcounts
  * ```
  */
 export class RefcountArray {
@@ -24,7 +29,7 @@ export class RefcountArray {
   readonly clusterSize: number;
   readonly max: number;
   readonly #maxBytes: number;
-  #bytes: Uint8Array;
+  #counts: Counts;
   #size = 0;
 
   constructor(order: number, clusterSize: number, size: number, maxBytes = DEFAULT_MAX_REFCOUNT_ARRAY_BYTES) {
@@ -32,7 +37,7 @@ export class RefcountArray {
     this.clusterSize = clusterSize;
     this.max = refcountMax(order);
     this.#maxBytes = maxBytes;
-    this.#bytes = new Uint8Array(0);
+    this.#counts = this.#allocate(0);
     this.resize(size);
   }
 
@@ -41,63 +46,78 @@ export class RefcountArray {
     return this.#size;
   }
 
-  /** Entries per cluster of array bytes (= entries per refcount block). */
+  /** Entries per refcount block. */
   get entriesPerCluster(): number {
     return (this.clusterSize * 8) >>> this.order;
   }
 
-  /** QEMU's refcount_array_byte_size: whole clusters of entries. */
-  byteSizeFor(entries: number): number {
-    const bytes = Math.ceil((entries * 2 ** this.order) / 8);
-    return Math.ceil(bytes / this.clusterSize) * this.clusterSize;
-  }
-
   /**
-   * Describe `size` clusters (never shrinks the storage). Fails like QEMU's g_try_realloc with
-   * ENOMEM when the array would exceed its memory cap.
+   * Describe `size` clusters (storage never shrinks). Fails like QEMU's g_try_realloc, with
+   * ENOMEM, when the array would exceed its memory cap.
    */
   resize(size: number): void {
-    const needed = this.byteSizeFor(size);
-    if (needed > this.#bytes.byteLength) {
-      if (!Number.isSafeInteger(size) || needed > this.#maxBytes) throw new CheckAbort('ENOMEM');
-      // Grow geometrically: a rebuild appends clusters one at a time.
-      const capacity = Math.min(this.#maxBytes, Math.max(needed, this.byteSizeFor(Math.ceil(this.#size * 1.5))));
-      let next: Uint8Array;
-      try {
-        next = new Uint8Array(capacity);
-      } catch {
-        throw new CheckAbort('ENOMEM');
-      }
-      next.set(this.#bytes);
-      this.#bytes = next;
+    if (!Number.isSafeInteger(size) || size < 0) throw new CheckAbort('ENOMEM');
+    if (size > this.#counts.length) {
+      // Grow geometrically: a rebuild appends clusters one at a time. Whole refcount blocks.
+      const per = this.entriesPerCluster;
+      const wanted = Math.max(size, Math.floor(this.#size * 1.5));
+      const next = this.#allocate(Math.ceil(wanted / per) * per);
+      next.set(this.#counts);
+      this.#counts = next;
     }
     this.#size = size;
   }
 
   get(cluster: number): number {
-    return getRefcount(this.#bytes, cluster, this.order);
+    return this.#counts[cluster] ?? 0;
   }
 
   set(cluster: number, value: number): void {
-    setRefcount(this.#bytes, cluster, this.order, value);
+    if (cluster >= this.#counts.length) throw new RangeError(`cluster ${cluster} outside the refcount array`);
+    this.#counts[cluster] = value;
   }
 
   /** All refcounts back to zero (size kept). */
   clear(): void {
-    this.#bytes.fill(0);
+    this.#counts.fill(0);
   }
 
   /**
-   * The bytes of refcount block `index` (a view): what a rebuilt refblock holds. Storage is
-   * grown to cover the whole block if needed.
+   * Refcount block `index` encoded in the image's refcount width (sub-byte widths LSB first,
+   * wider ones big-endian): what a rebuilt refcount block holds.
    */
   block(index: number): Uint8Array {
-    const start = index * this.clusterSize;
-    if (start + this.clusterSize > this.#bytes.byteLength) {
-      const size = this.#size;
-      this.resize((index + 1) * this.entriesPerCluster);
-      this.#size = size;
+    const per = this.entriesPerCluster;
+    const out = new Uint8Array(this.clusterSize);
+    const v = viewOf(out);
+    const bits = 2 ** this.order;
+    const first = index * per;
+    const last = Math.min(first + per, this.#counts.length);
+    for (let c = first; c < last; c++) {
+      const value = this.#counts[c]!;
+      if (value === 0) continue;
+      const i = c - first;
+      switch (bits) {
+        case 64: v.setUint32(i * 8, Math.floor(value / 2 ** 32)); v.setUint32(i * 8 + 4, value >>> 0); break;
+        case 32: v.setUint32(i * 4, value); break;
+        case 16: v.setUint16(i * 2, value); break;
+        case 8: out[i] = value; break;
+        default: {
+          const at = (i * bits) >>> 3;
+          out[at] = (out[at] ?? 0) | (value << ((i * bits) & 7));
+        }
+      }
     }
-    return this.#bytes.subarray(start, start + this.clusterSize);
+    return out;
+  }
+
+  #allocate(length: number): Counts {
+    const bytesPer = this.order === 6 ? 8 : 4;
+    if (length * bytesPer > this.#maxBytes) throw new CheckAbort('ENOMEM');
+    try {
+      return this.order === 6 ? new Float64Array(length) : new Uint32Array(length);
+    } catch {
+      throw new CheckAbort('ENOMEM');
+    }
   }
 }
