@@ -33,7 +33,7 @@ const ALL_SUBCLUSTERS = 0xffffffff;
  */
 export class Qcow2Writer implements DriverWriter {
   readonly #s: Qcow2State;
-  readonly #hasBacking: boolean;
+  #hasBacking: boolean;
   #dirtyBitSet = false;
   /** Next free byte in the host cluster compressed clusters are being packed into (0 = none). */
   #byteCursor = 0;
@@ -167,7 +167,9 @@ export class Qcow2Writer implements DriverWriter {
     const s = this.#s;
     const cs = s.clusterSize;
     const first = Math.ceil(offset / cs) * cs;
-    const last = Math.floor((offset + length) / cs) * cs;
+    const size = s.meta.header.size;
+    // A full discard up to the end of the disk takes the partial last cluster too, as QEMU's.
+    const last = full && offset + length >= size ? Math.ceil(size / cs) * cs : Math.floor((offset + length) / cs) * cs;
     if (first >= last) return;
     // Without the zero flag (v2), dropping a cluster would expose the backing file: QEMU
     // refuses such discards, which leaves the data as it was.
@@ -176,7 +178,9 @@ export class Qcow2Writer implements DriverWriter {
     await this.#forClusters(first, last, (table, index, old) => {
       const type = this.#clusterType(old);
       const allocated = type === 'normal' || type === 'zero-alloc' || type === 'compressed';
-      if (this.#external) {
+      if (this.#external && full) {
+        this.#setEntry(table, index, 0, 0, 0, 0);
+      } else if (this.#external) {
         // QEMU drops the mapping and marks the cluster zero; the data file keeps no trace.
         if (this.#ext) this.#setEntry(table, index, 0, 0, ALL_SUBCLUSTERS, 0);
         else this.#setEntry(table, index, 0, 1, 0, 0);
@@ -286,7 +290,7 @@ export class Qcow2Writer implements DriverWriter {
   async setBacking(name: string | undefined, format: string | undefined): Promise<void> {
     const s = this.#s;
     const h = s.meta.header;
-    if (name !== undefined && name.length > 1023) throw new Qcow2Error('INVALID_ARGUMENT', 'Backing file name too long', {});
+    if (name !== undefined && encodeText(name).byteLength > 1023) throw new Qcow2Error('INVALID_ARGUMENT', 'Backing file name too long', {});
     if (name !== undefined && s.meta.dataFileRaw) {
       throw new Qcow2Error('INVALID_ARGUMENT', 'data-file-raw cannot be combined with a backing file', {});
     }
@@ -310,6 +314,7 @@ export class Qcow2Writer implements DriverWriter {
       await s.storage.write(cluster0, 0);
       await s.storage.flush();
       s.meta.extensions = exts;
+      this.#hasBacking = name !== undefined;
       s.meta.backingName = name;
       s.meta.backingFormat = name === undefined ? undefined : format;
     });
