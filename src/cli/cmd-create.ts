@@ -9,7 +9,6 @@ import { Qcow2Error } from '../errors.js';
 import { planQcow2Image, writeQcow2Image } from '../format/qcow2/create-layout.js';
 import { QCOW2_CREATE_OPTION_INFO, QEMU_BLOCK_DRIVERS, resolveQcow2CreateOptions } from '../format/qcow2/create-options.js';
 import { planRawImage, writeRawImage, type RawPreallocation } from '../format/raw/raw-create.js';
-import { openImageFile } from '../node.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseSizeArg, strtosz } from '../util/size.js';
 import { parseCommandArgs, type ArgSpec } from './args.js';
@@ -192,6 +191,8 @@ async function openBacking(filename: string, backingFile: string, backingFmt: st
   if (backingFmt !== undefined && backingFmt !== 'qcow2' && backingFmt !== 'raw') {
     throw new CreateError(`Unknown driver '${backingFmt}'`, opened);
   }
+  // Loaded here: only creating over a backing file needs the read path.
+  const { openImageFile } = await import('../node.js');
   let image;
   try {
     image = await openImageFile(full, {

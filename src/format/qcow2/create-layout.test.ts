@@ -119,10 +119,14 @@ function checkConsistent(bytes: Uint8Array, hasDataFile: boolean): { allocated: 
   const perBlock = (cs * 8) >> h.refcountOrder;
   let allocated = 0;
   for (let b = 0; b < blocks.length; b++) {
-    const block = blocks[b] === 0 ? undefined : bytes.subarray(blocks[b], blocks[b]! + cs);
+    if (blocks[b] === 0) {
+      for (let c = b * perBlock; c < Math.min(clusters, (b + 1) * perBlock); c++) assert.equal(refs[c], 0, `cluster ${c} is used but has no refcount block`);
+      continue;
+    }
+    const block = bytes.subarray(blocks[b], blocks[b]! + cs);
     for (let k = 0; k < perBlock; k++) {
       const c = b * perBlock + k;
-      const rc = block === undefined ? 0 : getRefcount(block, k, h.refcountOrder);
+      const rc = getRefcount(block, k, h.refcountOrder);
       const want = c < clusters ? refs[c]! : 0;
       if (rc !== want) assert.fail(`cluster ${c}: refcount ${rc}, referenced ${want} times`);
       if (rc > 0) allocated++;

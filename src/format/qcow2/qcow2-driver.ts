@@ -19,7 +19,7 @@ import { TableCache } from './table-cache.js';
 import { Qcow2Writer } from './qcow2-writer.js';
 import { findSnapshot, Qcow2Snapshots } from './snapshot-ops.js';
 import type { SnapshotEntry } from './snapshot-table.js';
-import { decodeCompressed, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
+import { decodeCompressed, entryOffset, MAX_HOST_OFFSET, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 import { MAX_L1_BYTES, validateCompressionType, validateHeaderFields, validateIncompatibleFeatures, validateTables } from './validate-header.js';
 
 /** How a qcow2 image is opened. */
@@ -35,6 +35,7 @@ export interface Qcow2OpenOptions {
 }
 
 const DEFAULT_L2_CACHE_MAX = 32 << 20;
+
 const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mapping;
 
 /** Cluster kinds after reading an L2 entry (QEMU's subcluster types). */
@@ -199,7 +200,7 @@ export class Qcow2Driver implements FormatDriver {
     const { l1, l1Entries } = this.state;
     const l2Offset = l1Index < l1Entries ? entryOffset(l1.getUint32(l1Index * 8), l1.getUint32(l1Index * 8 + 4)) : 0;
     if (l2Offset === 0) return { kind: 'unallocated', length: end - offset };
-    if (l2Offset % cs !== 0) {
+    if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
     const table = viewOf(await this.state.l2.get(l2Offset));
@@ -225,6 +226,9 @@ export class Qcow2Driver implements FormatDriver {
       if (k === Unit.Compressed) {
         if (!first) break;
         const d = decodeCompressed(hi, lo, bits);
+        if (d.hostOffset + d.length > MAX_HOST_OFFSET) {
+          throw new Qcow2Error('CORRUPT', `Compressed cluster offset ${hex(d.hostOffset)} out of range (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index });
+        }
         const clusterStart = l2Base + l2Index * cs;
         return { kind: 'compressed', length: Math.min(end, clusterStart + cs) - pos, clusterGuestOffset: clusterStart, hostOffset: d.hostOffset, compressedLength: d.length };
       }
@@ -277,7 +281,7 @@ export class Qcow2Driver implements FormatDriver {
 
   #hostOffset(hi: number, lo: number, l2Offset: number, l2Index: number): number {
     const off = entryOffset(hi, lo);
-    if (off % this.clusterSize !== 0) {
+    if (off % this.clusterSize !== 0 || off > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index, offset: off });
     }
     return off;

@@ -7,7 +7,7 @@ import { encodeExtensions, EXT_BACKING_FORMAT, extensionsLength, stringExtension
 import { encodeText, viewOf } from '../../util/bytes.js';
 import type { Qcow2State } from './qcow2-state.js';
 import type { BelowReader, DriverWriter } from '../driver.js';
-import { compressedClusters, decodeCompressed, encodeCompressed, encodeStandard, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
+import { compressedClusters, decodeCompressed, encodeCompressed, encodeStandard, MAX_HOST_OFFSET, entryOffset, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 
 
 /** One L2 entry as found before a write changes it. */
@@ -521,6 +521,9 @@ export class Qcow2Writer implements DriverWriter {
     const hi = s.l1.getUint32(l1Index * 8);
     const lo = s.l1.getUint32(l1Index * 8 + 4);
     const offset = entryOffset(hi, lo);
+    if (offset % s.clusterSize !== 0 || offset > MAX_HOST_OFFSET) {
+      throw new Qcow2Error('CORRUPT', `L2 table offset 0x${offset.toString(16)} invalid`, { l1Index });
+    }
     if (offset !== 0 && isCopied(hi)) {
       if (offset % s.clusterSize !== 0) throw new Qcow2Error('CORRUPT', `L2 table offset 0x${offset.toString(16)} unaligned`, { l1Index });
       return { offset, table: viewOf(await s.l2.get(offset)) };
@@ -583,11 +586,12 @@ export class Qcow2Writer implements DriverWriter {
     const rc = this.#refcounts();
     if (isCompressed(e.hi)) {
       const [off, n] = compressedClusters(decodeCompressed(e.hi, e.lo, s.clusterBits), s.clusterSize);
+      if (off + n * s.clusterSize > MAX_HOST_OFFSET) throw new Qcow2Error('CORRUPT', 'Compressed cluster offset out of range', {});
       await rc.free(off, n);
       return;
     }
     const off = entryOffset(e.hi, e.lo);
-    if (off !== 0) await rc.free(off, 1);
+    if (off !== 0) await rc.free(this.#hostOf(e), 1);
   }
 
   /** Write one run (within one L2 table) starting at `pos`; returns the bytes consumed. */
@@ -701,7 +705,7 @@ export class Qcow2Writer implements DriverWriter {
 
   #hostOf(e: OldEntry): number {
     const off = entryOffset(e.hi, e.lo);
-    if (off % this.#s.clusterSize !== 0) {
+    if (off % this.#s.clusterSize !== 0 || off > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `Cluster allocation offset 0x${off.toString(16)} unaligned`, { offset: off });
     }
     return off;
@@ -724,6 +728,7 @@ export class Qcow2Writer implements DriverWriter {
     if (type === 'compressed') {
       const full = new Uint8Array(s.clusterSize);
       const d = decodeCompressed(e.hi, e.lo, s.clusterBits);
+      if (d.hostOffset + d.length > MAX_HOST_OFFSET) throw new Qcow2Error('CORRUPT', 'Compressed cluster offset out of range', {});
       const src = new Uint8Array(d.length);
       await s.storage.read(src, d.hostOffset);
       await s.decompressor.decompress(src, full);

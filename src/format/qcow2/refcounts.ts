@@ -86,15 +86,20 @@ export class Refcounts {
 
   /** The refcount of host cluster `cluster` as currently known (memory). */
   async get(cluster: number): Promise<number> {
+    if (!Number.isSafeInteger(cluster) || cluster < 0) throw new Qcow2Error('CORRUPT', `Invalid cluster index ${cluster}`, { cluster });
     const block = await this.#block(cluster, false);
     return block === undefined ? 0 : getRefcount(block, cluster % this.#entriesPerBlock, this.#order);
   }
 
   /** Add `delta` to the refcount of `count` clusters starting at host offset `offset`. */
   private async update(offset: number, count: number, delta: number): Promise<void> {
+    if (offset % this.#clusterSize !== 0 || !Number.isSafeInteger(offset) || offset < 0) {
+      throw new Qcow2Error('CORRUPT', `Cannot change the refcount of unaligned offset 0x${offset.toString(16)}`, { offset });
+    }
     const first = Math.floor(offset / this.#clusterSize);
     for (let c = first; c < first + count; c++) {
-      const block = (await this.#block(c, delta > 0))!;
+      const block = await this.#block(c, delta > 0);
+      if (block === undefined) throw new Qcow2Error('CORRUPT', `Refcount of cluster ${c} would become negative`, { cluster: c });
       const blockOffset = this.#blockOffset(c);
       const i = c % this.#entriesPerBlock;
       const old = getRefcount(block, i, this.#order);

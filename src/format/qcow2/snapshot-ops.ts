@@ -4,7 +4,7 @@ import type { Qcow2State } from './qcow2-state.js';
 import type { Qcow2Writer } from './qcow2-writer.js';
 import type { Refcounts } from './refcounts.js';
 import { encodeSnapshotTable, type SnapshotEntry } from './snapshot-table.js';
-import { compressedClusters, decodeCompressed, entryOffset, isCompressed } from './table-entries.js';
+import { compressedClusters, decodeCompressed, entryOffset, isCompressed, MAX_HOST_OFFSET } from './table-entries.js';
 
 const MAX_SNAPSHOTS = 65536;
 const COPIED = 0x80000000;
@@ -38,6 +38,18 @@ export class Qcow2Snapshots {
     const rc = this.#s.refcounts;
     if (rc === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only', {});
     return rc;
+  }
+
+  /** A snapshot's L1 table, validated before it sizes anything. */
+  async #readSnapshotL1(sn: SnapshotEntry): Promise<Uint8Array> {
+    const s = this.#s;
+    if (sn.l1Size > (32 << 20) / 8) throw new Qcow2Error('INVALID_IMAGE', 'Snapshot L1 table too large', { id: sn.id });
+    if (sn.l1TableOffset % s.clusterSize !== 0 || sn.l1TableOffset + sn.l1Size * 8 > MAX_HOST_OFFSET) {
+      throw new Qcow2Error('INVALID_IMAGE', 'Snapshot L1 table offset invalid', { id: sn.id });
+    }
+    const bytes = new Uint8Array(sn.l1Size * 8);
+    if (sn.l1Size > 0) await s.storage.read(bytes, sn.l1TableOffset);
+    return bytes;
   }
 
   #checkAllowed(): void {
@@ -92,8 +104,7 @@ export class Qcow2Snapshots {
     await s.lock.run(async () => {
       await this.#w.flushLocked();
       const cs = s.clusterSize;
-      const snapL1 = new Uint8Array(sn.l1Size * 8);
-      if (sn.l1Size > 0) await s.storage.read(snapL1, sn.l1TableOffset);
+      const snapL1 = await this.#readSnapshotL1(sn);
       // The snapshot's clusters gain the active L1's reference before the old ones lose it.
       await this.#adjustRefcounts(viewOf(snapL1), sn.l1Size, 1);
       const oldL1 = new Uint8Array(s.l1.buffer, s.l1.byteOffset, s.l1Entries * 8).slice();
@@ -132,8 +143,7 @@ export class Qcow2Snapshots {
     await s.lock.run(async () => {
       await this.#w.flushLocked();
       await this.#writeTable(s.meta.snapshots.filter((x) => x !== sn));
-      const snapL1 = new Uint8Array(sn.l1Size * 8);
-      if (sn.l1Size > 0) await s.storage.read(snapL1, sn.l1TableOffset);
+      const snapL1 = await this.#readSnapshotL1(sn);
       await this.#adjustRefcounts(viewOf(snapL1), sn.l1Size, -1);
       if (sn.l1Size > 0) await this.#rc().free(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / s.clusterSize));
       await this.#fixCopiedFlags();
@@ -173,6 +183,7 @@ export class Qcow2Snapshots {
     for (let i = 0; i < entries; i++) {
       const l2Offset = entryOffset(l1.getUint32(i * 8), l1.getUint32(i * 8 + 4));
       if (l2Offset === 0) continue;
+      if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) throw new Qcow2Error('CORRUPT', `L2 table offset 0x${l2Offset.toString(16)} invalid`, {});
       const table = viewOf(await s.l2.get(l2Offset));
       for (let j = 0; j < s.meta.l2Entries; j++) {
         const hi = table.getUint32(j * step);
@@ -183,7 +194,10 @@ export class Qcow2Snapshots {
           continue;
         }
         const off = entryOffset(hi, lo);
-        if (off !== 0) await change(off, 1);
+        if (off !== 0) {
+          if (off % cs !== 0) throw new Qcow2Error('CORRUPT', `Cluster offset 0x${off.toString(16)} unaligned`, {});
+          await change(off, 1);
+        }
       }
       await change(l2Offset, 1);
     }
@@ -200,6 +214,7 @@ export class Qcow2Snapshots {
       const lo = s.l1.getUint32(i * 8 + 4);
       const l2Offset = entryOffset(hi, lo);
       if (l2Offset === 0) continue;
+      if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) throw new Qcow2Error('CORRUPT', `L2 table offset 0x${l2Offset.toString(16)} invalid`, {});
       const l2Copied = (await rc.get(l2Offset / cs)) === 1;
       const nhi = l2Copied ? (hi | COPIED) >>> 0 : (hi & ~COPIED) >>> 0;
       if (nhi !== hi) {
@@ -213,7 +228,7 @@ export class Qcow2Snapshots {
         const ehi = table.getUint32(j * step);
         if (isCompressed(ehi)) continue;
         const off = entryOffset(ehi, table.getUint32(j * step + 4));
-        if (off === 0) continue;
+        if (off === 0 || off % cs !== 0) continue;
         const copied = (await rc.get(off / cs)) === 1;
         const next = copied ? (ehi | COPIED) >>> 0 : (ehi & ~COPIED) >>> 0;
         if (next !== ehi) {

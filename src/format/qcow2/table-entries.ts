@@ -4,6 +4,9 @@
  */
 import { TWO_32 } from '../../util/bytes.js';
 
+/** Host offsets must stay exact doubles; anything near 2^53 is a broken entry. */
+export const MAX_HOST_OFFSET = 2 ** 52;
+
 /** Bits 9..55: the host offset of an L2 table, a data cluster or a refblock. */
 export function entryOffset(hi: number, lo: number): number {
   return (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);

@@ -79,6 +79,11 @@ export class CheckImage {
   snapshots: SnapshotState = { nbSnapshots: 0, snapshotsOffset: 0, snapshotsSize: 0, snapshots: [] };
   /** A corruption message was printed already (QEMU prints the first one only). */
   signaledCorruption = false;
+  /**
+   * A repair write was refused and the image marked corrupt: like QEMU, which drops the image
+   * at that point, nothing more is written (pending refcount updates are discarded).
+   */
+  stopped = false;
   #fileSize: number;
   #reftableView: DataView | undefined;
   #l1View: DataView | undefined;

@@ -49,22 +49,21 @@ export async function runCheckPass(img: CheckImage, opts: CheckPassOptions): Pro
     await guard(snapshotRes, () => readSnapshotTableForCheck(ctx, snapshotRes, fix));
   } catch (e) {
     addCheckResult(result, snapshotRes, false);
-    return failed(result, e);
+    return failed(ctx, result, e);
   }
   try {
     await guard(refcountRes, () => checkRefcounts(ctx, refcountRes, fix));
   } catch (e) {
-    await ctx.disk.flush().catch(() => undefined);
     addCheckResult(result, refcountRes, true);
     addCheckResult(result, snapshotRes, false);
-    return failed(result, e);
+    return failed(ctx, result, e);
   }
   addCheckResult(result, refcountRes, true);
   try {
     await guard(snapshotRes, () => repairSnapshotTable(ctx, snapshotRes, fix));
   } catch (e) {
     addCheckResult(result, snapshotRes, false);
-    return failed(result, e);
+    return failed(ctx, result, e);
   }
   addCheckResult(result, snapshotRes, false);
   await ctx.disk.flush();
@@ -95,7 +94,9 @@ async function guard(res: CheckResult, step: () => Promise<void>): Promise<void>
   }
 }
 
-function failed(result: CheckResult, e: unknown): CheckPassOutcome {
-  if (e instanceof CheckAbort) return { result, failure: e };
-  throw e;
+/** A pass that stopped early still writes back the refcount fixes it made (QEMU flushes at close). */
+async function failed(ctx: CheckContext, result: CheckResult, e: unknown): Promise<CheckPassOutcome> {
+  if (!(e instanceof CheckAbort)) throw e;
+  await ctx.disk.flush().catch(() => undefined);
+  return { result, failure: e };
 }

@@ -83,7 +83,6 @@ export async function checkRefcounts(ctx: CheckContext, res: CheckResult, fix: F
       highest = await compareRefcounts(ctx, res, fix, flag, imrt);
     }
   }
-  await ctx.disk.flush();
   await checkOflagCopied(ctx, res, fix);
   res.imageEndOffset = (highest + 1) * cs;
 }

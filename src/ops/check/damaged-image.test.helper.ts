@@ -73,3 +73,53 @@ export async function runCheck(img: Uint8Array | MemoryStorage, repair: RepairMo
   });
   return { ...outcome, lines, errors, bytes: storage.bytes().slice(), storage };
 }
+
+/** One raw snapshot table entry for {@link withSnapshotTable}. */
+export interface RawSnapshot {
+  l1Offset?: number;
+  l1Size?: number;
+  id: string;
+  name: string;
+  /** Extra data as stored (its length is the entry's extra_data_size). */
+  extra: Uint8Array;
+}
+
+/**
+ * Append a snapshot table of `entries` as a new cluster at the end of `img` (refcount 1) and
+ * point the header at it. Returns the grown image and the table offset.
+ */
+export function withSnapshotTable(img: Uint8Array, entries: readonly RawSnapshot[]): { img: Uint8Array; offset: number } {
+  const text = new TextEncoder();
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  for (const e of entries) {
+    const id = text.encode(e.id);
+    const name = text.encode(e.name);
+    const size = Math.ceil((40 + e.extra.byteLength + id.byteLength + name.byteLength) / 8) * 8;
+    const b = new Uint8Array(size);
+    const v = viewOf(b);
+    writeU64(v, 0, e.l1Offset ?? 0);
+    v.setUint32(8, e.l1Size ?? 0);
+    v.setUint16(12, id.byteLength);
+    v.setUint16(14, name.byteLength);
+    v.setUint32(16, 1700000000);
+    v.setUint32(36, e.extra.byteLength);
+    b.set(e.extra, 40);
+    b.set(id, 40 + e.extra.byteLength);
+    b.set(name, 40 + e.extra.byteLength + id.byteLength);
+    parts.push(b);
+    length += size;
+  }
+  const offset = Math.ceil(img.byteLength / CS) * CS;
+  const clusters = Math.max(1, Math.ceil(length / CS));
+  const out = grow(img, offset + clusters * CS);
+  let at = offset;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  for (let c = 0; c < clusters; c++) setRefcount(out, offset / CS + c, 1);
+  setU32(out, 60, entries.length);
+  setU64(out, 64, offset);
+  return { img: out, offset };
+}

@@ -146,6 +146,7 @@ export class OnDiskRefcounts {
 
   /** Write back changed refcount blocks (refused, as by QEMU, if one overlaps other metadata). */
   async flush(): Promise<void> {
+    if (this.#img.stopped) return;
     for (const [offset, b] of this.#cache) {
       if (b.dirty) await this.#writeBack(offset, b);
     }

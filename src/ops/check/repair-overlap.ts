@@ -75,5 +75,6 @@ export async function guardRepairWrite(ctx: OverlapScope, offset: number, size: 
   }
   img.signaledCorruption = true;
   if (img.header.version >= 3 && !alreadyCorrupt) await img.writeIncompatibleFeatures(withBit(img.incompatibleFeatures, INCOMPAT_CORRUPT, true));
+  img.stopped = true;
   throw new CheckAbort('EIO', `Preventing invalid write on metadata (overlaps with ${hit})`);
 }
