@@ -19,3 +19,6 @@ export { createImageTarget, type ImageTargetOptions } from './ops/image-target.j
 export { compareImages, type CompareOptions, type CompareResult } from './ops/compare.js';
 export { mapEntries, type MapEntry, type MapRange } from './ops/map-entries.js';
 export { initZstdWasm } from './codecs/zstd-wasm.js';
+export { resolveQcow2CreateOptions, type Qcow2CreateRequest, type Qcow2CreateOptions } from './format/qcow2/create-options.js';
+export { planQcow2Image, writeQcow2Image, type Qcow2ImagePlan } from './format/qcow2/create-layout.js';
+export { planRawImage, writeRawImage } from './format/raw/raw-create.js';

@@ -7,6 +7,9 @@ import { Qcow2Error } from '../errors.js';
 import type { Image } from '../image/image.js';
 import { convertImage, MAX_MIN_SPARSE, MAX_PARALLEL } from '../ops/convert.js';
 import { createRawTarget } from '../ops/convert-target.js';
+import { createImageTarget } from '../ops/image-target.js';
+import { createImageFile, CreateError } from './cmd-create.js';
+import { OptionError } from './option-string.js';
 import { QemuProgress } from '../ops/qemu-progress.js';
 import { parseSnapshotParam, snapshotLookupKey, snapshotMatches, type ParsedSnapshotParam } from '../ops/snapshot-param.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
@@ -53,7 +56,6 @@ const NOT_YET: Readonly<Record<string, string>> = {
   salvage: '--salvage',
   bitmaps: '--bitmaps',
   rate: '-r',
-  options: '-o',
 };
 
 /** qemu_strtol(text, NULL, 0): C integer syntax (0x hex, leading-0 octal), nothing after it. */
@@ -80,6 +82,8 @@ interface Settings {
   copyRange: boolean;
   compress: boolean;
   backing: string | undefined;
+  /** `-o` option lists, joined. */
+  createOptions: string | undefined;
   targetIsZero: boolean;
   unsupported: string[];
 }
@@ -101,6 +105,7 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
     copyRange: false,
     compress: false,
     backing: undefined,
+    createOptions: undefined,
     targetIsZero: false,
     unsupported: [],
   };
@@ -170,6 +175,9 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
       case 'target-is-zero':
         s.targetIsZero = true;
         break;
+      case 'options':
+        s.createOptions = s.createOptions === undefined ? v : `${s.createOptions},${v}`;
+        break;
       default: {
         const flag = NOT_YET[o.name];
         if (flag !== undefined) s.unsupported.push(flag);
@@ -197,9 +205,14 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   bar?.set(0);
   const sources: Image[] = [];
   let target: NodeFileStorage | undefined;
+  let targetImage: Image | undefined;
   try {
     for (const name of sourceNames) sources.push(await openCliImage(name, { format: s.format }));
     await loadSnapshot(s.snapshot, sources, sourceNames);
+    if (s.outFormat === 'qcow2') {
+      targetImage = await convertToQcow2(io, s, sources, outName, bar);
+      return 0;
+    }
 
     if (!s.skipCreate) checkOutputFormat(s.outFormat);
     if (s.backing !== undefined) throw new CliError(`Backing file not supported for file format '${s.outFormat}'`);
@@ -236,15 +249,46 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     bar?.end();
     return 1;
   } finally {
-    await Promise.allSettled([...sources.map((img) => img.close()), ...(target ? [target.close()] : [])]);
+    await Promise.allSettled([...sources.map((img) => img.close()), ...(target ? [target.close()] : []), ...(targetImage ? [targetImage.close()] : [])]);
   }
   bar?.end();
   return 0;
 }
 
+/** `-O qcow2`: create the target like `create` would (quietly), then copy through the image engine. */
+async function convertToQcow2(io: CliIO, s: Settings, sources: readonly Image[], outName: string, bar: QemuProgress | undefined): Promise<Image> {
+  if (s.backing !== undefined) throw new CliError('convert -B (backing file for the target) is not supported yet');
+  const total = sources.reduce((n, img) => n + Math.ceil(img.size / 512) * 512, 0);
+  await refuseOverwritingSource(outName, sources.map((i) => i.driver.storage.name), s.skipCreate);
+  if (!s.skipCreate) {
+    try {
+      await createImageFile(io, {
+        filename: outName, fmt: 'qcow2', options: s.createOptions, imgSize: BigInt(total),
+        backing: undefined, backingFormat: undefined, unsafe: false, quiet: true,
+        warn: (m) => void io.stderr.write(`qcow2kit: warning: ${m}\n`),
+      });
+    } catch (e) {
+      if (e instanceof CreateError || e instanceof OptionError) throw new CliError(`${outName}: ${e.message}`);
+      throw e;
+    }
+  }
+  const image = await openCliImage(outName, { format: 'qcow2', writable: true });
+  if (image.size < total) throw new CliError('output file is smaller than input file');
+  const out = createImageTarget(image, { zeroInitialized: !s.skipCreate || s.targetIsZero, compress: s.compress });
+  await convertImage(sources, s.compress ? { ...out, compressedClusterSize: image.driver.clusterSize } : out, {
+    minSparse: s.minSparse,
+    parallel: s.parallel,
+    ...(s.inOrder ? {} : { inOrder: false }),
+    ...(bar ? { progress: (p: number) => bar.set(p) } : {}),
+  });
+  await image.flush();
+  bar?.end();
+  return image;
+}
+
 function checkOutputFormat(fmt: string): void {
   if (fmt === 'raw') return;
-  if (fmt === 'qcow2') throw new CliError("Output format 'qcow2' is not supported yet (only raw output)");
+  if (fmt === 'qcow2') return;
   throw new CliError(`Unknown file format '${fmt}'`);
 }
 
@@ -331,10 +375,10 @@ function stripOpenPrefix(message: string, name: string): string {
  * format probed when the image does not name it, as qemu-img 7.2 does), and every failure
  * reported as "Could not open 'NAME': <reason>".
  */
-export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string }): Promise<Image> {
+export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string; writable?: boolean }): Promise<Image> {
   try {
     return await openImageFile(name, {
-      readOnly: true,
+      readOnly: opts.writable !== true,
       dependencies: 'follow-and-probe',
       ...(opts.format !== undefined ? { format: opts.format } : {}),
       ...(opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {}),

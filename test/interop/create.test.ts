@@ -91,7 +91,7 @@ async function sameCreate(t: TestContext, root: string, c: CreateCase): Promise<
     assert.equal(diff, undefined, `${what}: ${f}: ${diff}`);
   }
   const img = imageName(c.args);
-  if (qr.code !== 0 || img === undefined || !img.endsWith('.qcow2') || c.unopenable === true) return;
+  if (qr.code !== 0 || img === undefined || !img.endsWith('.qcow2') || !files.includes(img) || c.unopenable === true) return;
   const checked = check(await qemuImg(['check', '--output=json', img], { cwd: o }));
   const report = parseJson(checked.stdout, 'check') as Record<string, unknown>;
   assert.equal(report['check-errors'], 0, what);

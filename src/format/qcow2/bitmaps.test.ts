@@ -435,3 +435,84 @@ test('broken bitmap tables are reported when read', async () => {
   const ro = await openRo(broken);
   await assert.rejects(ro.bm.dirtyRanges('b'), (err: unknown) => err instanceof Qcow2Error && err.code === 'INVALID_IMAGE');
 });
+
+test('openForWrite sets the autoclear bit again if something cleared it (only inconsistent bitmaps left)', async () => {
+  const o1 = await openRw(image());
+  await o1.bm.add('bad');
+  const crashed = markInUse(await closeRw(o1), 0);
+  const storage = new MemoryStorage(crashed.slice(), 'img.qcow2');
+  const drv = await Qcow2Driver.open(storage, { readOnly: false, codecs: jsCodecs });
+  const h = drv.state.meta.header;
+  h.autoclearFeatures = { hi: h.autoclearFeatures.hi, lo: h.autoclearFeatures.lo & ~1 };
+  const bm = new Qcow2Bitmaps(drv.state, drv.writer);
+  await bm.openForWrite();
+  await bm.store();
+  await drv.writer!.close();
+  const bytes = storage.bytes().slice();
+  assert.equal(onDisk(bytes).autoclear, true);
+  assert.deepEqual(onDisk(bytes).entries.map((e) => [e.name, e.flags.inUse]), [['bad', true]]);
+  assert.deepEqual(refcountProblems(bytes), []);
+});
+
+test('a size change without afterResize: store covers the new size and counts the new area as dirty', async () => {
+  const o = await openRw(image({ size: 4 * MiB }));
+  await o.bm.add('b', { granularity: 65536 });
+  // Grow the disk behind the bitmaps' back (no beforeResize/afterResize).
+  const w = o.drv.writer!;
+  const wired = (w as unknown as { bitmaps?: unknown }).bitmaps;
+  (w as unknown as { bitmaps?: unknown }).bitmaps = undefined;
+  await w.resize(6 * MiB, async (dst) => void dst.fill(0), undefined);
+  (w as unknown as { bitmaps?: unknown }).bitmaps = wired;
+  const bytes = await closeRw(o);
+  const ro = await openRo(bytes);
+  assert.deepEqual(await ro.bm.dirtyRanges('b'), [{ offset: 4 * MiB, length: 2 * MiB }]);
+  assert.deepEqual(refcountProblems(bytes), []);
+});
+
+test('a memory budget bounds what all bitmaps together may hold', async () => {
+  const o1 = await openRw(image({ size: 16 * MiB }));
+  await o1.bm.add('a', { granularity: 512 }); // 4 KiB of bits
+  await o1.bm.add('b', { granularity: 512 });
+  const bytes = await closeRw(o1);
+  const storage = new MemoryStorage(bytes.slice(), 'img.qcow2', true);
+  const drv = await Qcow2Driver.open(storage, { readOnly: true, codecs: jsCodecs });
+  const bm = new Qcow2Bitmaps(drv.state, undefined, { memoryBudget: 6 * KiB });
+  assert.deepEqual(await bm.dirtyRanges('a'), []);
+  await assert.rejects(bm.dirtyRanges('b'), (e: unknown) => e instanceof Qcow2Error && e.code === 'UNSUPPORTED' && /more than 6144 bytes/.test(e.message));
+  const storage2 = new MemoryStorage(bytes.slice(), 'img.qcow2');
+  const drv2 = await Qcow2Driver.open(storage2, { readOnly: false, codecs: jsCodecs });
+  const bm2 = new Qcow2Bitmaps(drv2.state, drv2.writer, { memoryBudget: 9 * KiB });
+  await bm2.openForWrite();
+  await assert.rejects(bm2.add('c', { granularity: 512 }), /more than 9216 bytes/);
+});
+
+test('a write landing while store() runs is not lost: the next store() saves it', async () => {
+  const o1 = await openRw(image());
+  await o1.bm.add('b');
+  const bytes = await closeRw(o1);
+  class HookedStorage extends MemoryStorage {
+    onWrite: (() => void) | undefined;
+    override async write(src: Uint8Array, offset: number): Promise<void> {
+      const hook = this.onWrite;
+      this.onWrite = undefined;
+      hook?.();
+      await super.write(src, offset);
+    }
+  }
+  const storage = new HookedStorage(bytes.slice(), 'img.qcow2');
+  const drv = await Qcow2Driver.open(storage, { readOnly: false, codecs: jsCodecs });
+  const wired = (drv as unknown as { bitmaps?: Qcow2Bitmaps }).bitmaps;
+  const bm = wired ?? new Qcow2Bitmaps(drv.state, drv.writer);
+  if (wired === undefined) await bm.openForWrite();
+  bm.markDirty(0, 1);
+  // The first storage write of store() is the bitmap's data cluster: the write lands after the
+  // bits were copied out.
+  storage.onWrite = () => bm.markDirty(8 * MiB, 1);
+  await bm.store();
+  assert.equal(storage.onWrite, undefined, 'the hook ran');
+  await bm.store();
+  await drv.writer!.close();
+  const ro = await openRo(storage.bytes().slice());
+  assert.deepEqual(await ro.bm.dirtyRanges('b'), [{ offset: 0, length: 65536 }, { offset: 8 * MiB, length: 65536 }]);
+  assert.deepEqual(refcountProblems(storage.bytes().slice()), []);
+});

@@ -10,7 +10,7 @@ import {
   type BitmapTableEntry,
 } from './bitmap-table.js';
 import { DirtyBitmap, MAX_BITMAP_BITS, type DirtyRange } from './dirty-bitmap.js';
-import { AUTOCLEAR_BITMAPS, withBit } from './features.js';
+import { AUTOCLEAR_BITMAPS, hasBit, withBit } from './features.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO_HEADER, EXT_DATA_FILE, EXT_FEATURE_TABLE, findExtension, type HeaderExtension } from './header-extensions.js';
 import type { Qcow2State } from './qcow2-state.js';
 import type { Qcow2Writer } from './qcow2-writer.js';
@@ -46,6 +46,18 @@ export interface StoreResult {
   /** Bitmaps that could not be stored (a zero-size disk has no room for a bitmap table) and are gone. */
   lost: string[];
 }
+
+/** Options of the Qcow2Bitmaps constructor. */
+export interface Qcow2BitmapsOptions {
+  /**
+   * Most bytes all bitmaps together may hold in memory (default 4 GiB). Each bitmap is bounded
+   * by QEMU's 512 MiB, but an image may name up to 65535 of them.
+   */
+  memoryBudget?: number;
+}
+
+/** Default for `memoryBudget`. */
+export const DEFAULT_BITMAP_MEMORY_BUDGET = 2 ** 32;
 
 /** Hint QEMU prints under the "inconsistent" error. */
 export const INCONSISTENT_BITMAP_HINT = 'Try block-dirty-bitmap-remove to delete this bitmap from disk';
@@ -127,10 +139,12 @@ export class Qcow2Bitmaps {
   #dirty = false;
   /** Clusters of removed bitmaps, freed once the directory no longer names them. */
   #pendingFrees: [number, number][] = [];
+  readonly #budget: number;
 
-  constructor(state: Qcow2State, writer: Qcow2Writer | undefined) {
+  constructor(state: Qcow2State, writer: Qcow2Writer | undefined, options: Qcow2BitmapsOptions = {}) {
     this.#s = state;
     this.#w = writer;
+    this.#budget = options.memoryBudget ?? DEFAULT_BITMAP_MEMORY_BUDGET;
     this.#slots = state.meta.bitmaps.map((e) => ({
       name: e.name, granularityBits: e.granularityBits, enabled: e.flags.auto, inconsistent: e.flags.inUse,
       stored: { offset: e.tableOffset, size: e.tableSize }, storedEntries: undefined, data: undefined, loading: undefined, changed: false,
@@ -164,9 +178,12 @@ export class Qcow2Bitmaps {
     if (w === undefined || this.#inUseOnDisk) return;
     const s = this.#s;
     const stale = findExtension(s.meta.extensions, EXT_BITMAPS) !== undefined && this.#slots.length === 0;
+    // Something cleared the autoclear bit since the directory was read (a writer that does
+    // not know bitmaps): setting it again is part of the rewrite.
+    const bitCleared = this.#slots.length > 0 && !hasBit(s.meta.header.autoclearFeatures, AUTOCLEAR_BITMAPS);
     for (const slot of this.#slots) if (!slot.inconsistent) await this.#load(slot);
     const consistent = this.#slots.some((slot) => !slot.inconsistent);
-    if (stale || consistent) {
+    if (stale || consistent || bitCleared) {
       await w.beforeMetadataChange();
       await s.lock.run(async () => {
         await this.#switchDirectory(this.#directoryEntries(new Map(), true));
@@ -214,6 +231,7 @@ export class Qcow2Bitmaps {
     if (this.#slots.length + 1 > MAX_BITMAPS) throw cannotPersist('INVALID_ARGUMENT', name, 'Maximum number of persistent bitmaps is already reached');
     const dirSize = bitmapDirectorySize([...this.#slots, { name }].map((x) => dirEntry(x.name, 0, 0, 0, false, false)));
     if (dirSize > MAX_BITMAP_DIRECTORY_SIZE) throw cannotPersist('INVALID_ARGUMENT', name, 'Not enough space in the bitmap directory');
+    this.#reserveMemory(s.meta.header.size, bits);
     const slot: Slot = {
       name, granularityBits: bits, enabled: options.disabled !== true, inconsistent: false,
       stored: undefined, storedEntries: undefined, data: new DirtyBitmap(s.meta.header.size, bits), loading: undefined, changed: true,
@@ -333,26 +351,34 @@ export class Qcow2Bitmaps {
     await s.lock.run(async () => {
       const rc = this.#rc();
       const tables = new Map<Slot, { offset: number; size: number; entries: BitmapTableEntry[] }>();
-      for (const slot of this.#slots) {
-        if (slot.inconsistent || (!slot.changed && slot.stored !== undefined)) continue;
-        const data = slot.data;
-        if (data === undefined) throw new Qcow2Error('INVALID_ARGUMENT', `Bitmap '${slot.name}' was changed without being read`, {});
-        if (data.size !== size) {
-          // Resized without afterResize(): assume the whole new area was written.
-          const old = data.size;
-          data.resize(size);
-          if (size > old) data.setRange(old, size - old);
+      const taken: Slot[] = [];
+      try {
+        for (const slot of this.#slots) {
+          if (slot.inconsistent || (!slot.changed && slot.stored !== undefined)) continue;
+          const data = slot.data;
+          if (data === undefined) throw new Qcow2Error('INVALID_ARGUMENT', `Bitmap '${slot.name}' was changed without being read`, {});
+          if (data.size !== size) {
+            // Resized without afterResize(): assume the whole new area was written.
+            const old = data.size;
+            data.resize(size);
+            if (size > old) data.setRange(old, size - old);
+          }
+          // Cleared first: a write landing while the bits are copied out sets it again.
+          slot.changed = false;
+          taken.push(slot);
+          tables.set(slot, await this.#writeBitmap(data));
         }
-        tables.set(slot, await this.#writeBitmap(data));
+        await this.#switchDirectory(this.#directoryEntries(tables, false));
+      } catch (e) {
+        for (const slot of taken) slot.changed = true;
+        throw e;
       }
-      await this.#switchDirectory(this.#directoryEntries(tables, false));
       const frees = this.#pendingFrees;
       this.#pendingFrees = [];
       for (const [slot, t] of tables) {
         if (slot.stored !== undefined) frees.push(...this.#clustersOf(slot.stored, slot.storedEntries ?? []));
         slot.stored = { offset: t.offset, size: t.size };
         slot.storedEntries = t.entries;
-        slot.changed = false;
       }
       for (const [off, n] of frees) await rc.free(off, n);
       await this.#w!.flushLocked();
@@ -360,6 +386,16 @@ export class Qcow2Bitmaps {
     this.#inUseOnDisk = false;
     this.#dirty = false;
     return { lost };
+  }
+
+  /** Refuse before allocating when all bitmaps together would exceed the memory budget. */
+  #reserveMemory(size: number, granularityBits: number): void {
+    let used = 0;
+    for (const slot of this.#slots) if (slot.data !== undefined) used += slot.data.bytes.byteLength;
+    const need = Math.ceil(DirtyBitmap.bitsFor(size, granularityBits) / 8);
+    if (used + need > this.#budget) {
+      throw new Qcow2Error('UNSUPPORTED', `Dirty bitmaps need more than ${this.#budget} bytes of memory`, { used, need, budget: this.#budget });
+    }
   }
 
   #info(slot: Slot): BitmapInfo {
@@ -430,6 +466,7 @@ export class Qcow2Bitmaps {
         if (entries.length !== DirtyBitmap.tableSizeFor(size, slot.granularityBits, cs)) {
           throw invalidImage(`Could not read bitmap '${slot.name}' from image: bitmap table size ${entries.length} does not match the disk size`, { bitmap: slot.name });
         }
+        this.#reserveMemory(size, slot.granularityBits);
         const data = new DirtyBitmap(size, slot.granularityBits);
         const buf = new Uint8Array(cs);
         for (let i = 0; i < entries.length; i++) {
