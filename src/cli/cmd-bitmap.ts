@@ -69,7 +69,7 @@ function optionsInOrder(options: readonly ParsedOption[]): number {
 }
 
 /** The bitmaps of an opened image (undefined when its format has none). */
-async function bitmapsOf(image: Image, writable: boolean): Promise<Qcow2Bitmaps | undefined> {
+async function bitmapsOf(image: Image, writable: boolean, file: string): Promise<Qcow2Bitmaps | undefined> {
   const driver: FormatDriver = image.driver;
   if (!(driver instanceof Qcow2Driver)) return undefined;
   // Once the driver keeps bitmaps itself (and marks them in use at open), use its instance:
@@ -77,7 +77,13 @@ async function bitmapsOf(image: Image, writable: boolean): Promise<Qcow2Bitmaps 
   const own = (driver as unknown as { bitmaps?: Qcow2Bitmaps }).bitmaps;
   if (own !== undefined) return own;
   const bitmaps = new Qcow2Bitmaps(driver.state, writable ? driver.writer : undefined);
-  if (writable) await bitmaps.openForWrite();
+  try {
+    if (writable) await bitmaps.openForWrite();
+  } catch (e) {
+    // QEMU reads bitmaps while opening the image, so their errors are open errors.
+    if (e instanceof Qcow2Error) throw new CliError(`Could not open '${file}': ${e.message}`, { cause: e });
+    throw e;
+  }
   return bitmaps;
 }
 
@@ -149,20 +155,19 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   let sourceImage: Image | undefined;
   let target: Qcow2Bitmaps | undefined;
   try {
-    target = await bitmapsOf(image, true);
-    let source: Qcow2Bitmaps | undefined;
-    if (srcFile !== undefined) {
-      if (await samePath(srcFile, file)) {
-        // QEMU's image locking refuses to open the image a second time.
-        io.stderr.write(`${PROGRAM}: Could not open '${srcFile}': Failed to get shared "write" lock\nIs another process using the image [${srcFile}]?\n`);
-        return (code = 1);
-      }
+    target = await bitmapsOf(image, true, file);
+    let source = target;
+    if (srcFile !== undefined && (await samePath(srcFile, file))) {
+      // QEMU's image locking refuses to open the image a second time.
+      io.stderr.write(`${PROGRAM}: Could not open '${srcFile}': Failed to get shared "write" lock\nIs another process using the image [${srcFile}]?\n`);
+      code = 1;
+    } else if (srcFile !== undefined) {
       sourceImage = await openForCli(srcFile, { format: srcFormat, readOnly: true, backing: false });
-      source = await bitmapsOf(sourceImage, false);
+      source = await bitmapsOf(sourceImage, false, srcFile);
     }
-    for (const act of actions) {
+    for (const act of code === 0 ? actions : []) {
       try {
-        await perform(act, target, srcFile === undefined ? target : source, bitmap, granularity);
+        await perform(act, target, source, bitmap, granularity);
       } catch (e) {
         if (!(e instanceof Qcow2Error)) throw e;
         const { message, hint } = failureLines(e, bitmap);

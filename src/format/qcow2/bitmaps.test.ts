@@ -479,11 +479,13 @@ test('a memory budget bounds what all bitmaps together may hold', async () => {
   const bm = new Qcow2Bitmaps(drv.state, undefined, { memoryBudget: 6 * KiB });
   assert.deepEqual(await bm.dirtyRanges('a'), []);
   await assert.rejects(bm.dirtyRanges('b'), (e: unknown) => e instanceof Qcow2Error && e.code === 'UNSUPPORTED' && /more than 6144 bytes/.test(e.message));
-  const storage2 = new MemoryStorage(bytes.slice(), 'img.qcow2');
-  const drv2 = await Qcow2Driver.open(storage2, { readOnly: false, codecs: jsCodecs });
+  // An image without bitmaps, so that no other instance holds any.
+  const drv2 = await Qcow2Driver.open(new MemoryStorage(image({ size: 16 * MiB }), 'img.qcow2'), { readOnly: false, codecs: jsCodecs });
   const bm2 = new Qcow2Bitmaps(drv2.state, drv2.writer, { memoryBudget: 9 * KiB });
-  await bm2.openForWrite();
+  await bm2.add('a', { granularity: 512 });
+  await bm2.add('b', { granularity: 512 });
   await assert.rejects(bm2.add('c', { granularity: 512 }), /more than 9216 bytes/);
+  await bm2.add('c');
 });
 
 test('a write landing while store() runs is not lost: the next store() saves it', async () => {

@@ -181,7 +181,7 @@ export class Qcow2Bitmaps {
     // Something cleared the autoclear bit since the directory was read (a writer that does
     // not know bitmaps): setting it again is part of the rewrite.
     const bitCleared = this.#slots.length > 0 && !hasBit(s.meta.header.autoclearFeatures, AUTOCLEAR_BITMAPS);
-    for (const slot of this.#slots) if (!slot.inconsistent) await this.#load(slot);
+    await this.loadAll();
     const consistent = this.#slots.some((slot) => !slot.inconsistent);
     if (stale || consistent || bitCleared) {
       await w.beforeMetadataChange();
@@ -303,6 +303,14 @@ export class Qcow2Bitmaps {
   async dirtyRanges(name: string): Promise<DirtyRange[]> {
     const slot = this.#usable(name);
     return [...(await this.#load(slot)).ranges()];
+  }
+
+  /**
+   * Read every consistent bitmap now. QEMU does this whenever it opens an image (read-only
+   * too), so a broken bitmap makes the open fail; call it at open for the same behaviour.
+   */
+  async loadAll(): Promise<void> {
+    for (const slot of this.#slots) if (!slot.inconsistent) await this.#load(slot);
   }
 
   /** A copy of a bitmap's bits. */
@@ -449,7 +457,8 @@ export class Qcow2Bitmaps {
       return decodeBitmapTable(bytes, this.#s.clusterSize);
     } catch (e) {
       if (!(e instanceof Qcow2Error)) throw e;
-      throw invalidImage(`Could not read bitmap_table table from image for bitmap '${slot.name}': ${e.message}`, { bitmap: slot.name });
+      // QEMU's text (it reports -EINVAL); the detail stays in the context.
+      throw invalidImage(`Could not read bitmap_table table from image for bitmap '${slot.name}': Invalid argument`, { bitmap: slot.name, reason: e.message });
     }
   }
 
@@ -464,7 +473,7 @@ export class Qcow2Bitmaps {
         const size = s.meta.header.size;
         const entries = await this.#readTable(slot);
         if (entries.length !== DirtyBitmap.tableSizeFor(size, slot.granularityBits, cs)) {
-          throw invalidImage(`Could not read bitmap '${slot.name}' from image: bitmap table size ${entries.length} does not match the disk size`, { bitmap: slot.name });
+          throw invalidImage(`Could not read bitmap '${slot.name}' from image: Invalid argument`, { bitmap: slot.name, reason: `bitmap table size ${entries.length} does not match the disk size` });
         }
         this.#reserveMemory(size, slot.granularityBits);
         const data = new DirtyBitmap(size, slot.granularityBits);

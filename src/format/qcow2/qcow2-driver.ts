@@ -18,6 +18,7 @@ import type { Qcow2State } from './qcow2-state.js';
 import { TableCache } from './table-cache.js';
 import { Qcow2Writer } from './qcow2-writer.js';
 import { findSnapshot, Qcow2Snapshots } from './snapshot-ops.js';
+import { Qcow2Bitmaps } from './bitmaps.js';
 import type { SnapshotEntry } from './snapshot-table.js';
 import { decodeCompressed, entryOffset, MAX_HOST_OFFSET, isCompressed, isCopied, isZeroFlag } from './table-entries.js';
 import { MAX_L1_BYTES, validateCompressionType, validateHeaderFields, validateIncompatibleFeatures, validateTables } from './validate-header.js';
@@ -74,6 +75,8 @@ export class Qcow2Driver implements FormatDriver {
   readonly writer: Qcow2Writer | undefined;
   /** Internal snapshot operations (writable images only). */
   readonly snapshots: Qcow2Snapshots | undefined;
+  /** Persistent dirty bitmaps. */
+  readonly bitmaps: Qcow2Bitmaps;
   readonly #clusterBits: number;
   readonly #ownsDataStorage: boolean;
 
@@ -98,6 +101,8 @@ export class Qcow2Driver implements FormatDriver {
     this.#ownsDataStorage = meta.dataStorage !== storage;
     this.writer = opts.readOnly ? undefined : new Qcow2Writer(this.state, this.backing !== undefined);
     this.snapshots = this.writer === undefined ? undefined : new Qcow2Snapshots(this.state, this.writer);
+    this.bitmaps = new Qcow2Bitmaps(this.state, this.writer);
+    if (this.writer !== undefined) this.writer.bitmaps = this.bitmaps;
   }
 
   /** Parse, validate and load the metadata needed for reading. */
@@ -180,6 +185,7 @@ export class Qcow2Driver implements FormatDriver {
     }
     const driver = new Qcow2Driver(storage, meta, viewOf(l1Bytes), l1Size, opts, snapshot, refcounts);
     await driver.writer?.prepare();
+    if (driver.writer !== undefined) await driver.bitmaps.openForWrite();
     return driver;
   }
 

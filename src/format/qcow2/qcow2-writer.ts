@@ -1,6 +1,7 @@
 import { Qcow2Error } from '../../errors.js';
-import { AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, withBit } from './features.js';
+import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, withBit } from './features.js';
 import { OverlapCheck } from './overlap-check.js';
+import type { Qcow2Bitmaps } from './bitmaps.js';
 import { encodeSnapshotTable } from './snapshot-table.js';
 import { encodeHeader } from './header.js';
 import { encodeExtensions, EXT_BACKING_FORMAT, extensionsLength, stringExtension } from './header-extensions.js';
@@ -41,6 +42,8 @@ export class Qcow2Writer implements DriverWriter {
   #freeAfterHeader: [number, number][] = [];
 
   readonly #overlap: OverlapCheck;
+  /** Persistent dirty bitmaps, marked on every guest write (set by the driver). */
+  bitmaps: Qcow2Bitmaps | undefined;
   /** Set once metadata inconsistency was found: no further writes. */
   #corrupt = false;
 
@@ -90,7 +93,7 @@ export class Qcow2Writer implements DriverWriter {
       throw new Qcow2Error('CORRUPT', "Image is dirty (lazy refcounts after an unclean shutdown); repair it with 'check -r all' first", {});
     }
     if (h.version === 3) {
-      const keep = { hi: 0, lo: h.autoclearFeatures.lo & (1 << AUTOCLEAR_DATA_FILE_RAW) };
+      const keep = { hi: 0, lo: h.autoclearFeatures.lo & ((1 << AUTOCLEAR_DATA_FILE_RAW) | (1 << AUTOCLEAR_BITMAPS)) };
       if (keep.lo !== h.autoclearFeatures.lo || h.autoclearFeatures.hi !== 0) {
         h.autoclearFeatures = keep;
         await this.#writeHeader();
@@ -109,6 +112,7 @@ export class Qcow2Writer implements DriverWriter {
 
   /** Write guest data, allocating and copying on write as needed. */
   async writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void> {
+    this.bitmaps?.markDirty(offset, src.byteLength);
     await this.#beforeMetadataChange();
     let pos = offset;
     const end = offset + src.byteLength;
@@ -120,6 +124,7 @@ export class Qcow2Writer implements DriverWriter {
 
   /** Make a range read as zeros: zero flags for whole clusters, explicit zeros elsewhere. */
   async writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void> {
+    this.bitmaps?.markDirty(offset, length);
     const s = this.#s;
     const cs = s.clusterSize;
     const end = offset + length;
@@ -164,6 +169,7 @@ export class Qcow2Writer implements DriverWriter {
 
   /** Discard whole clusters (partial clusters are left alone, as QEMU does). */
   async discard(offset: number, length: number, full = false): Promise<void> {
+    if (!full) this.bitmaps?.markDirty(offset, length);
     const s = this.#s;
     const cs = s.clusterSize;
     const first = Math.ceil(offset / cs) * cs;
@@ -210,6 +216,7 @@ export class Qcow2Writer implements DriverWriter {
    * host cluster the way QEMU does. Falls back to a normal write when it does not compress.
    */
   async writeCompressed(offset: number, src: Uint8Array): Promise<void> {
+    this.bitmaps?.markDirty(offset, src.byteLength);
     const s = this.#s;
     const cs = s.clusterSize;
     if (offset % cs !== 0 || src.byteLength > cs || (src.byteLength < cs && offset + src.byteLength !== s.meta.header.size)) {
@@ -336,6 +343,7 @@ export class Qcow2Writer implements DriverWriter {
     if (size < old && s.meta.snapshots.length > 0) {
       throw new Qcow2Error('UNSUPPORTED', "Can't shrink an image which has snapshots", {});
     }
+    await this.bitmaps?.beforeResize();
     await this.#beforeMetadataChange();
     const l2Span = cs * s.meta.l2Entries;
     if (size > old) {
@@ -347,6 +355,7 @@ export class Qcow2Writer implements DriverWriter {
       // The old partial last cluster and a longer backing file must not show through.
       const zeroEnd = Math.min(size, Math.max(Math.ceil(old / cs) * cs, belowSize ?? 0));
       if (zeroEnd > old) await this.writeZeroes(old, zeroEnd - old, false, below);
+      this.bitmaps?.afterResize(size);
       return;
     }
     const firstWhole = Math.ceil(size / cs) * cs;
@@ -367,6 +376,7 @@ export class Qcow2Writer implements DriverWriter {
     });
     h.size = size;
     s.headerDirty = true;
+    this.bitmaps?.afterResize(size);
   }
 
   /** Move the active L1 table to a larger home; the old one is freed after the header moves. */
@@ -434,6 +444,12 @@ export class Qcow2Writer implements DriverWriter {
 
   /** Flush, then clear the dirty bit set for lazy refcounts. */
   async close(): Promise<void> {
+    let bitmapError: unknown;
+    try {
+      await this.bitmaps?.store();
+    } catch (e) {
+      bitmapError = e;
+    }
     await this.flush();
     if (this.#dirtyBitSet) {
       const h = this.#s.meta.header;
@@ -442,6 +458,7 @@ export class Qcow2Writer implements DriverWriter {
       await this.#s.storage.flush();
       this.#dirtyBitSet = false;
     }
+    if (bitmapError !== undefined) throw bitmapError;
   }
 
   /** Rewrite the fixed header from `meta.header` (call with the lock held). */

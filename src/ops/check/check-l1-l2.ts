@@ -57,15 +57,19 @@ export async function checkRefcountsL1(ctx: CheckContext, res: CheckResult, imrt
     res.checkErrors++;
     throw new CheckAbort('ENOMEM');
   }
-  countReferences(ctx, res, imrt, offsetHi * 2 ** 32 + offsetLo, bytes, hex64(offsetHi, offsetLo));
-  const l1 = new Uint8Array(bytes);
-  if (!(await readAtU64(ctx, l1, offsetHi, offsetLo))) {
+  const offset = offsetHi * 2 ** 32 + offsetLo;
+  countReferences(ctx, res, imrt, offset, bytes, hex64(offsetHi, offsetLo));
+  // Entries past the end of the file read as zero and are skipped: only the part inside the
+  // file is read and walked (a hostile snapshot list cannot make us zero-fill 32 MiB each).
+  const inFile = Math.max(0, Math.min(bytes, ctx.img.fileSize - offset));
+  const l1 = new Uint8Array(inFile - (inFile % 8));
+  if (offsetHi >= 0x7fffffff || !(await readAtU64(ctx, l1, offsetHi, offsetLo))) {
     ctx.reporter.line('ERROR: I/O error in check_refcounts_l1');
     res.checkErrors++;
     throw new CheckAbort('EIO');
   }
   const v = viewOf(l1);
-  for (let i = 0; i < l1Size; i++) {
+  for (let i = 0; i < l1.byteLength / 8; i++) {
     const hi = v.getUint32(i * 8);
     const lo = v.getUint32(i * 8 + 4);
     if (hi === 0 && lo === 0) continue;
