@@ -22,3 +22,6 @@ export { initZstdWasm } from './codecs/zstd-wasm.js';
 export { resolveQcow2CreateOptions, type Qcow2CreateRequest, type Qcow2CreateOptions } from './format/qcow2/create-options.js';
 export { planQcow2Image, writeQcow2Image, type Qcow2ImagePlan } from './format/qcow2/create-layout.js';
 export { planRawImage, writeRawImage } from './format/raw/raw-create.js';
+export { checkQcow2, type CheckQcow2Options, type CheckQcow2Outcome, type RepairMode } from './ops/check/check-qcow2.js';
+export { Qcow2Bitmaps } from './format/qcow2/bitmaps.js';
+export { Qcow2Snapshots, type NewSnapshot } from './format/qcow2/snapshot-ops.js';

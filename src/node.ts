@@ -4,6 +4,8 @@ import type { Image } from './image/image.js';
 import { openImage, type OpenImageOptions } from './image/open-image.js';
 import type { OpenPolicy } from './image/open-policy.js';
 import { NodeFileResolver, NodeFileStorage } from './storage/node-file-storage.js';
+import { checkQcow2 } from './ops/check/check-qcow2.js';
+import { Qcow2Error } from './errors.js';
 
 export * from './index.js';
 export { NodeFileStorage, NodeFileResolver } from './storage/node-file-storage.js';
@@ -41,7 +43,16 @@ export async function openImageFile(path: string, options: OpenImageFileOptions 
     : dependencies;
   const storage = await NodeFileStorage.open(path, { readOnly: rest.readOnly ?? true });
   try {
-    return await openImage(storage, { codecs: nodeCodecs, ...rest, policy });
+    return await openImage(storage, {
+      codecs: nodeCodecs,
+      // Like QEMU: a dirty image (crashed lazy-refcounts writer) is repaired on a writable open.
+      repairDirty: async (s) => {
+        const outcome = await checkQcow2(s, { repair: 'all' });
+        if (outcome.exitCode !== 0) throw new Qcow2Error('CORRUPT', 'Could not repair dirty image', { exitCode: outcome.exitCode });
+      },
+      ...rest,
+      policy,
+    });
   } catch (e) {
     await storage.close();
     throw e;

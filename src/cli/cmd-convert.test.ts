@@ -81,6 +81,24 @@ test('convert concatenates sources and -n keeps the rest of a larger target', as
   });
 });
 
+test('convert -O qcow2 (plain and compressed) reads back the source content', async () => {
+  await withDir(async (dir) => {
+    const { image, content } = sampleImage();
+    await writeFile(join(dir, 'a.qcow2'), image);
+    for (const extra of [[], ['-c'], ['-o', 'cluster_size=4k,compression_type=zstd', '-c']]) {
+      const r = await cli(dir, ['-O', 'qcow2', ...extra, '@a.qcow2', '@out.qcow2']);
+      assert.deepEqual(r, { code: 0, stdout: '', stderr: '' }, extra.join(' '));
+      const back = await cli(dir, ['@out.qcow2', '@back.raw']);
+      assert.equal(back.code, 0);
+      const bytes = new Uint8Array(await readFile(join(dir, 'back.raw')));
+      assert.deepEqual(bytes.subarray(0, content.byteLength), content, extra.join(' '));
+    }
+    const bad = await cli(dir, ['-O', 'qcow2', '-o', 'foo=bar', '@a.qcow2', '@bad.qcow2']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /Invalid parameter 'foo'/);
+  });
+});
+
 test('convert rejects bad options with qemu-img messages', async () => {
   await withDir(async (dir) => {
     await writeFile(join(dir, 'a.qcow2'), sampleImage().image);
@@ -89,7 +107,6 @@ test('convert rejects bad options with qemu-img messages', async () => {
       [['-S', '100', '@a.qcow2', '@x'], 'qcow2kit: Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).\n'],
       [['-m', '17', '@a.qcow2', '@x'], 'qcow2kit: Invalid number of coroutines. Allowed number of coroutines is between 1 and 16\n'],
       [['-O', 'qcow3', '@a.qcow2', '@x'], "qcow2kit: Unknown file format 'qcow3'\n"],
-      [['-O', 'qcow2', '@a.qcow2', '@x'], "qcow2kit: Output format 'qcow2' is not supported yet (only raw output)\n"],
       [['--target-is-zero', '@a.qcow2', '@x'], 'qcow2kit: --target-is-zero requires use of -n flag\n'],
       [['@missing', '@x'], "qcow2kit: Could not open 'missing': Could not open 'missing': No such file or directory\n"],
       [['-l', 'snap', '@a.qcow2', '@x'], "qcow2kit: Failed to load snapshot: Can't find snapshot\n"],

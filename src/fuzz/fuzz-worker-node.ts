@@ -37,7 +37,7 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'ready'; seeds: number; checker: boolean }
-  | { type: 'start'; seed: number; at: number }
+  | { type: 'start'; seed: number; at: number; base: string; mutations: Mutation[] }
   | { type: 'result'; result: CaseResult; mutations: Mutation[]; minimized?: Mutation[]; mutatedBase64?: string }
   | { type: 'idle' }
   | { type: 'fatal'; message: string };
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
 
   const runOne = async (seed: number, mutations?: Mutation[], baseName?: string): Promise<boolean> => {
     const c = mutations === undefined ? buildCase(seed, seeds) : caseFromMutations(seed, seeds.find((s) => s.name === baseName) ?? seeds[0]!, mutations);
-    post({ type: 'start', seed, at: Date.now() });
+    post({ type: 'start', seed, at: Date.now(), base: c.base.name, mutations: c.mutations });
     const result = await runCase(c, exec);
     // Let rejections of this case surface before it is declared clean.
     await new Promise((r) => setImmediate(r));

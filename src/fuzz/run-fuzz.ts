@@ -191,7 +191,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
   const slot = (): Promise<void> =>
     new Promise<void>((resolveSlot) => {
       let queue: number[] = [];
-      let running: { seed: number; at: number } | undefined;
+      let running: { seed: number; at: number; base: string; mutations: Mutation[] } | undefined;
       let finished = false;
       let worker: Worker;
       let watchdog: ReturnType<typeof setInterval>;
@@ -206,6 +206,8 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
       };
 
       const feed = (): void => {
+        // Seeds left over from a batch whose worker was restarted count against the budget too.
+        if (!budgetLeft()) queue = [];
         if (queue.length === 0) queue = takeBatch();
         if (queue.length === 0) return finish();
         const batch = queue;
@@ -220,7 +222,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
         if (running !== undefined) {
           const seed = running.seed;
           summary.executions++;
-          addFinding({ kind, step: 'unknown', name, message, stack: '' }, seed, '?', [], undefined, undefined);
+          addFinding({ kind, step: 'unknown', name, message, stack: '' }, seed, running.base, running.mutations, undefined, undefined);
           queue = inFlight.filter((s) => s > seed);
         } else {
           queue = inFlight;
@@ -240,7 +242,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
               feed();
               break;
             case 'start':
-              running = { seed: m.seed, at: Date.now() };
+              running = { seed: m.seed, at: Date.now(), base: m.base, mutations: m.mutations };
               break;
             case 'result':
               running = undefined;
@@ -320,6 +322,10 @@ export async function replayFinding(file: string, seedsDir: string, timeoutMs: n
   const worker = new Worker(new URL('./fuzz-worker-node.js', import.meta.url), { workerData: wopts });
   try {
     return await new Promise<CaseResult>((resolve, reject) => {
+      // A synchronous hang never answers: give up as the supervisor's watchdog would.
+      const limit = timeoutMs * 3 + 5000;
+      const watchdog = setTimeout(() => reject(new Error(`replay did not finish within ${limit} ms: the case hangs`)), limit);
+      watchdog.unref();
       worker.on('message', (m: FromWorker) => {
         if (m.type === 'ready') worker.postMessage({ type: 'replay', seed: doc.seed, base: doc.base, mutations: doc.minimized ?? doc.mutations } satisfies ToWorker);
         if (m.type === 'result') resolve(m.result);

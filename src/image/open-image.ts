@@ -25,6 +25,12 @@ export interface OpenImageOptions {
   maxChainDepth?: number;
   /** Open the backing chain (default true). `info` reads only the top image, like qemu-img. */
   openBacking?: boolean;
+  /**
+   * Called when a writable open finds the image dirty (a lazy-refcounts writer crashed):
+   * repair the storage (e.g. `checkQcow2(storage, { repair: 'all' })`), then the open is
+   * retried once, as QEMU repairs such images on open. Without it the open fails.
+   */
+  repairDirty?: (storage: Storage) => Promise<void>;
   /** L2 cache budget per qcow2 layer, in bytes. */
   l2CacheBytes?: number;
 }
@@ -87,7 +93,15 @@ export async function openImage(storage: Storage, options: OpenImageOptions = {}
   };
 
   try {
-    return await openLayer(storage, format, 0, true);
+    try {
+      return await openLayer(storage, format, 0, true);
+    } catch (e) {
+      if (!(e instanceof Qcow2Error && e.context['dirty'] === true && options.repairDirty !== undefined)) throw e;
+      await Promise.allSettled(opened.splice(0).map((s) => s.close()));
+      seen.clear();
+      await options.repairDirty(storage);
+      return await openLayer(storage, format, 0, true);
+    }
   } catch (e) {
     await Promise.allSettled(opened.map((s) => s.close()));
     throw e;

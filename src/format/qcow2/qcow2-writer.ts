@@ -90,7 +90,7 @@ export class Qcow2Writer implements DriverWriter {
     const h = this.#s.meta.header;
     if (hasBit(h.incompatibleFeatures, INCOMPAT_DIRTY)) {
       // Refcounts of a crashed lazy-refcounts writer cannot be trusted for allocation.
-      throw new Qcow2Error('CORRUPT', "Image is dirty (lazy refcounts after an unclean shutdown); repair it with 'check -r all' first", {});
+      throw new Qcow2Error('CORRUPT', "Image is dirty (lazy refcounts after an unclean shutdown); repair it with 'check -r all' first", { dirty: true });
     }
     if (h.version === 3) {
       const keep = { hi: 0, lo: h.autoclearFeatures.lo & ((1 << AUTOCLEAR_DATA_FILE_RAW) | (1 << AUTOCLEAR_BITMAPS)) };

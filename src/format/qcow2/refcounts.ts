@@ -81,7 +81,7 @@ export class Refcounts {
 
   /** True when something must be written by the next flush. */
   get dirty(): boolean {
-    return this.#reftableDirty || this.#blocks.hasDirty();
+    return this.#reftableDirty || this.#blocks.hasDirty() || this.#retired.length > 0;
   }
 
   /** The refcount of host cluster `cluster` as currently known (memory). */
