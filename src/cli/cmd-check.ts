@@ -13,6 +13,7 @@ import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseCommandArgs } from './args.js';
 import { CliError } from './cli-error.js';
 import { formatInfoJson, type ImageInfoJson } from './format-info.js';
+import { prepareUntrustedCheck, UNTRUSTED_OPTION } from './untrusted.js';
 import { PROGRAM, type CliIO } from './main.js';
 import { parseOutputFormat } from './open-for-cli.js';
 
@@ -26,6 +27,7 @@ const SPEC = {
     { name: 'cache', short: 'T', arg: 'required' },
     { name: 'object', long: 'object', arg: 'required' },
     { name: 'image-opts', long: 'image-opts' },
+    UNTRUSTED_OPTION,
   ],
 } as const;
 
@@ -58,6 +60,8 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     throw e;
   }
   try {
+    // Untrusted: no probing, and the metadata walk is bounded before it starts.
+    const limits = args.has('untrusted') ? await prepareUntrustedCheck(storage, format, repair, file) : undefined;
     const detected = format ?? (await probeFormat(storage));
     if (detected !== 'qcow2') {
       if (format === undefined && repair !== 'none') {
@@ -80,7 +84,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     const reporter: CheckReporter = { line: (text) => say(`${text}\n`), error: (text) => say(`${PROGRAM}: ${text}\n`) };
     let outcome;
     try {
-      outcome = await checkQcow2(storage, { repair, reporter });
+      outcome = await checkQcow2(storage, { repair, reporter, ...(limits !== undefined ? { maxArrayBytes: limits.maxArrayBytes } : {}) });
     } catch (e) {
       if (e instanceof Qcow2Error) throw new CliError(`Could not open '${file}': ${e.message}`, { cause: e });
       throw e;

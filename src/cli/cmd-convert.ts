@@ -9,6 +9,7 @@ import { convertImage, MAX_MIN_SPARSE, MAX_PARALLEL } from '../ops/convert.js';
 import { createRawTarget } from '../ops/convert-target.js';
 import { createImageTarget } from '../ops/image-target.js';
 import { createImageFile, CreateError } from './cmd-create.js';
+import { openUntrustedForCli, UNTRUSTED_OPTION } from './untrusted.js';
 import { OptionError } from './option-string.js';
 import { QemuProgress } from '../ops/qemu-progress.js';
 import { parseSnapshotParam, snapshotLookupKey, snapshotMatches, type ParsedSnapshotParam } from '../ops/snapshot-param.js';
@@ -45,6 +46,7 @@ const SPEC: ArgSpec = {
     { name: 'salvage', long: 'salvage' },
     { name: 'target-is-zero', long: 'target-is-zero' },
     { name: 'bitmaps', long: 'bitmaps' },
+    UNTRUSTED_OPTION,
   ],
 };
 
@@ -84,6 +86,8 @@ interface Settings {
   backing: string | undefined;
   /** `-o` option lists, joined. */
   createOptions: string | undefined;
+  /** `--untrusted`: sources open nothing they name and are not probed. */
+  untrusted: boolean;
   targetIsZero: boolean;
   unsupported: string[];
 }
@@ -106,6 +110,7 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
     compress: false,
     backing: undefined,
     createOptions: undefined,
+    untrusted: false,
     targetIsZero: false,
     unsupported: [],
   };
@@ -175,6 +180,9 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
       case 'target-is-zero':
         s.targetIsZero = true;
         break;
+      case 'untrusted':
+        s.untrusted = true;
+        break;
       case 'options':
         s.createOptions = s.createOptions === undefined ? v : `${s.createOptions},${v}`;
         break;
@@ -207,7 +215,9 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   let target: NodeFileStorage | undefined;
   let targetImage: Image | undefined;
   try {
-    for (const name of sourceNames) sources.push(await openCliImage(name, { format: s.format }));
+    for (const name of sourceNames) {
+      sources.push(s.untrusted ? await openUntrustedForCli(name, { format: s.format }) : await openCliImage(name, { format: s.format }));
+    }
     await loadSnapshot(s.snapshot, sources, sourceNames);
     if (s.outFormat === 'qcow2') {
       targetImage = await convertToQcow2(io, s, sources, outName, bar);

@@ -4,6 +4,7 @@ import { formatInfoHuman, formatInfoJson, type ImageInfoJson } from './format-in
 import { imageInfo } from './image-info.js';
 import type { CliIO } from './main.js';
 import { openForCli, parseOutputFormat } from './open-for-cli.js';
+import { infoUntrusted, UNTRUSTED_OPTION } from './untrusted.js';
 
 const SPEC = {
   options: [
@@ -12,6 +13,7 @@ const SPEC = {
     { name: 'backing-chain', long: 'backing-chain' },
     { name: 'force-share', short: 'U', long: 'force-share' },
     { name: 'image-opts', long: 'image-opts' },
+    UNTRUSTED_OPTION,
   ],
 } as const;
 
@@ -23,6 +25,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   if (args.has('image-opts')) throw new CliError('--image-opts is not supported');
   const file = args.positionals[0]!;
   const chain = args.has('backing-chain');
+  if (args.has('untrusted')) return infoUntrusted(file, { format: args.get('format'), output, backingChain: chain }, io);
   const image = await openForCli(file, { format: args.get('format'), backing: chain });
   try {
     const infos: ImageInfoJson[] = [];

@@ -5,6 +5,7 @@ import { CliError } from './cli-error.js';
 import { mapHumanWriter, mapJsonWriter } from './format-map.js';
 import type { CliIO } from './main.js';
 import { openForCli, parseOutputFormat } from './open-for-cli.js';
+import { openUntrustedForCli, UNTRUSTED_OPTION } from './untrusted.js';
 
 const SPEC = {
   options: [
@@ -14,6 +15,7 @@ const SPEC = {
     { name: 'max-length', long: 'max-length', arg: 'required' },
     { name: 'force-share', short: 'U', long: 'force-share' },
     { name: 'image-opts', long: 'image-opts' },
+    UNTRUSTED_OPTION,
   ],
 } as const;
 
@@ -28,7 +30,9 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   if (args.positionals.length !== 1) throw new CliError('Expecting one image file name', { usage: true });
   if (args.has('image-opts')) throw new CliError('--image-opts is not supported');
   const file = args.positionals[0]!;
-  const image = await openForCli(file, { format: args.get('format') });
+  const image = args.has('untrusted')
+    ? await openUntrustedForCli(file, { format: args.get('format') })
+    : await openForCli(file, { format: args.get('format') });
   try {
     let pressure = false;
     const sink = (text: string): void => {
