@@ -6,6 +6,7 @@ import { buildQcow2, pattern } from '../format/qcow2/qcow2-builder.test.helper.j
 import { MemoryStorage } from '../storage/memory-storage.js';
 import type { Storage } from '../storage/storage.js';
 import { viewOf, writeU64 } from '../util/bytes.js';
+import { FuzzStorage } from '../fuzz/fuzz-storage.js';
 import { borrowStorage, formatSignature, inspectUntrusted, openUntrusted, untrustedPolicy } from './untrusted-inspect.js';
 
 const CS = 4096;
@@ -153,4 +154,16 @@ test('borrowStorage leaves closing to the owner', async () => {
   const img = await openUntrusted(borrowStorage(st), { format: 'qcow2' });
   await img.close();
   assert.equal(closed, false);
+});
+
+test('table offsets are validated before anything is read there (fuzz seed 131120)', async () => {
+  const bytes = image();
+  const v = viewOf(bytes);
+  v.setUint32(60, 65535);
+  writeU64(v, 64, Number.MAX_SAFE_INTEGER);
+  // FuzzStorage rejects reads at unsafe offsets with a HarnessViolation (a bug), not a Qcow2Error.
+  const st = new FuzzStorage(bytes, 'img', true, { deadline: Date.now() + 60_000, maxSize: 1 << 30 });
+  const r = await inspectUntrusted(st, { format: 'qcow2' });
+  assert.deepEqual(r.reasons, ['invalid-image']);
+  assert.match(r['open-error'] ?? '', /Snapshot table offset invalid/);
 });

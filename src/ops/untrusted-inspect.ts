@@ -18,7 +18,7 @@ import type { CodecSet } from '../codecs/codec.js';
 import { invalidImage, Qcow2Error } from '../errors.js';
 import { decodeBitmapsExtension } from '../format/qcow2/bitmap-directory.js';
 import {
-  AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+  AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2,
   isEmpty, KNOWN_AUTOCLEAR, KNOWN_COMPAT, KNOWN_INCOMPAT, setBits, unknownBits, type FeatureKind, type FeatureWord,
 } from '../format/qcow2/features.js';
 import {
@@ -28,7 +28,7 @@ import {
 import { decodeBackingName, decodeHeader, V2_HEADER_LENGTH, type Qcow2Header } from '../format/qcow2/header.js';
 import { findSnapshot } from '../format/qcow2/qcow2-driver.js';
 import { decodeSnapshotTable, snapshotTableExtent } from '../format/qcow2/snapshot-table.js';
-import { validateHeaderFields } from '../format/qcow2/validate-header.js';
+import { validateHeaderFields, validateTables } from '../format/qcow2/validate-header.js';
 import type { Image } from '../image/image.js';
 import { openImage } from '../image/open-image.js';
 import type { OpenPolicy } from '../image/open-policy.js';
@@ -202,6 +202,9 @@ export async function measureQcow2Metadata(
   storage: Storage, facts: Qcow2HeaderFacts, limits: UntrustedLimits, opts: { writable: boolean; snapshot?: string },
 ): Promise<MetadataBudget> {
   const h = facts.header;
+  // QEMU's table checks first (aligned offsets that do not overflow, counts within its limits):
+  // nothing below reads at an offset the header made up.
+  validateTables(h, facts.clusterSize / (hasBit(h.incompatibleFeatures, INCOMPAT_EXTL2) ? 16 : 8));
   let l1 = h.l1Size * 8;
   if (l1 > limits.maxL1Bytes) throw overLimit('L1 table', l1, limits.maxL1Bytes);
   const refcountTable = opts.writable ? h.refcountTableClusters * facts.clusterSize : 0;
@@ -219,6 +222,7 @@ export async function measureQcow2Metadata(
       }
       if (ext.needed > limits.maxSnapshotTableBytes) throw overLimit('Snapshot table', ext.needed, limits.maxSnapshotTableBytes);
       const next = new Uint8Array(Math.min(limits.maxSnapshotTableBytes, Math.max(ext.needed, buf.byteLength * 2, 4096)));
+      if (h.snapshotsOffset + next.byteLength > Number.MAX_SAFE_INTEGER) throw invalidImage('Snapshot table offset invalid', { offset: h.snapshotsOffset });
       next.set(buf);
       await storage.read(next.subarray(buf.byteLength), h.snapshotsOffset + buf.byteLength);
       buf = next;

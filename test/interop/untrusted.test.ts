@@ -63,6 +63,21 @@ function reportOf(r: RunResult): Report {
   return json['untrusted-report'];
 }
 
+/** Add an external data file name extension and set the incompatible "data file" bit. */
+async function addDataFileExtension(path: string, name: string): Promise<void> {
+  const bytes = new Uint8Array(await readFile(path));
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let off = v.getUint32(100);
+  while (v.getUint32(off) !== 0) off += 8 + Math.ceil(v.getUint32(off + 4) / 8) * 8;
+  const text = new TextEncoder().encode(name);
+  v.setUint32(off, 0x44415441);
+  v.setUint32(off + 4, text.byteLength);
+  bytes.fill(0, off + 8, off + 16 + Math.ceil(text.byteLength / 8) * 8);
+  bytes.set(text, off + 8);
+  bytes[79] = (bytes[79] ?? 0) | 4;
+  await writeFile(path, bytes);
+}
+
 /** Two images naming FIFOs: an overlay (backing file) and one with an external data file. */
 async function fifoImages(t: TestContext): Promise<string> {
   const dir = await tempDir(t, 'qcow2kit-untrusted-');
@@ -121,6 +136,22 @@ describe('--untrusted never opens a file named by the image', () => {
     // Controls: the same commands without --untrusted open the FIFOs.
     await hangs(['map', '--output=json', 'datafile.qcow2'], dir);
     await hangs(['map', 'overlay.qcow2'], dir);
+  });
+
+  test('convert --untrusted -l SNAPSHOT opens the snapshot without opening the data file', async (t) => {
+    if (!requireQemu(t)) return;
+    const dir = await tempDir(t, 'qcow2kit-untrusted-');
+    const img = join(dir, 'snap.qcow2');
+    await must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', img, '1M']);
+    await must('qemu-io', ['-c', 'write -P 7 0 8k', img]);
+    await must('qemu-img', ['snapshot', '-c', 's1', img]);
+    // Name a data file afterwards (QEMU would not create snapshots with one): what an uploader can do.
+    await addDataFileExtension(img, 'data.fifo');
+    mkfifo(join(dir, 'data.fifo'));
+    const r = await finishes(['convert', '--untrusted', '-f', 'qcow2', '-l', 's1', '-O', 'raw', 'snap.qcow2', 'out.raw'], dir);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Refusing to access data file 'data\.fifo': the image is untrusted/);
+    await hangs(['convert', '-f', 'qcow2', '-l', 's1', '-O', 'raw', 'snap.qcow2', 'out.raw'], dir);
   });
 
   test('check --untrusted needs no dependency and probes nothing', async (t) => {

@@ -22,6 +22,28 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
   const l1 = viewOf(img.l1);
   const table = new Uint8Array(cs);
   const v = viewOf(table);
+  let l1Fixes = 0;
+  let l1First = 0;
+  let l1End = 0;
+  // L1 fixes are written in batches, but always before the next L2 table write, so the order
+  // of writes (and of overlap refusals) is QEMU's.
+  const writeL1 = async (): Promise<void> => {
+    if (l1Fixes === 0) return;
+    try {
+      await guardRepairWrite(ctx, img.l1Offset + l1First * 8, (l1End - l1First) * 8, ['active L1 table']);
+    } catch (e) {
+      res.checkErrors++;
+      throw e;
+    }
+    await img.storage.write(img.l1.slice(l1First * 8, l1End * 8), img.l1Offset + l1First * 8);
+    res.corruptions -= l1Fixes;
+    res.corruptionsFixed += l1Fixes;
+    l1Fixes = 0;
+  };
+  await walk();
+  await writeL1();
+
+  async function walk(): Promise<void> {
   for (let i = 0; i < img.l1Size; i++) {
     const [l1hi, l1lo] = img.l1Entry(i);
     const l2Offset = entryOffset(l1hi, l1lo);
@@ -33,19 +55,19 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
       res.corruptions++;
       ctx.reporter.line(`${word} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1hi, l1lo)} refcount=${await ctx.disk.text(Math.floor(l2Offset / cs))}`);
       if (repair) {
+        // Fixed in memory here; the L1 table is written once after the walk (a hostile
+        // image can have millions of entries to fix).
         l1.setUint32(i * 8, (l2Refcount === 1 ? l1hi | COPIED : l1hi & ~COPIED) >>> 0);
-        try {
-          await guardRepairWrite(ctx, img.l1Offset + i * 8, 8, ['active L1 table']);
-        } catch (e) {
-          res.checkErrors++;
-          throw e;
-        }
-        await img.storage.write(img.l1.slice(i * 8, i * 8 + 8), img.l1Offset + i * 8);
-        res.corruptions--;
-        res.corruptionsFixed++;
+        if (l1Fixes === 0) l1First = i;
+        l1End = i + 1;
+        l1Fixes++;
       }
     }
-    await img.storage.read(table, l2Offset);
+    // An L2 table lying on the pending L1 fixes must see them, as it would in QEMU.
+    if (l1Fixes > 0 && l2Offset < img.l1Offset + l1End * 8 && img.l1Offset + l1First * 8 < l2Offset + cs) await writeL1();
+    // Past the end of the file the table reads as zeros; never read a made-up offset.
+    if (l2Offset < img.fileSize) await img.storage.read(table, l2Offset);
+    else table.fill(0);
     let dirty = 0;
     for (let j = 0; j < img.l2Entries; j++) {
       const at = j * img.l2EntrySize;
@@ -73,6 +95,7 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
       }
     }
     if (dirty > 0) {
+      await writeL1();
       try {
         await guardRepairWrite(ctx, l2Offset, cs, ['active L2 table']);
       } catch (e) {
@@ -85,4 +108,5 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
       res.corruptionsFixed += dirty;
     }
   }
+}
 }
