@@ -218,7 +218,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     for (const name of sourceNames) {
       sources.push(s.untrusted ? await openUntrustedForCli(name, { format: s.format }) : await openCliImage(name, { format: s.format }));
     }
-    await loadSnapshot(s.snapshot, sources, sourceNames);
+    await loadSnapshot(s.snapshot, sources, sourceNames, s.untrusted);
     if (s.outFormat === 'qcow2') {
       targetImage = await convertToQcow2(io, s, sources, outName, bar);
       return 0;
@@ -303,7 +303,7 @@ function checkOutputFormat(fmt: string): void {
 }
 
 /** Apply `-l`: qemu-img loads the snapshot into the first source after opening them all. */
-async function loadSnapshot(param: ParsedSnapshotParam | undefined, sources: Image[], names: readonly string[]): Promise<void> {
+async function loadSnapshot(param: ParsedSnapshotParam | undefined, sources: Image[], names: readonly string[], untrusted = false): Promise<void> {
   if (param === undefined) return;
   const sel = param.selector;
   if (sel.idOrName !== undefined && sources.length > 1) throw new CliError('No support for concatenating multiple snapshot');
@@ -313,7 +313,9 @@ async function loadSnapshot(param: ParsedSnapshotParam | undefined, sources: Ima
   }
   let snap: Image;
   try {
-    snap = await openCliImage(names[0]!, { format: 'qcow2', snapshot: snapshotLookupKey(sel) });
+    snap = untrusted
+      ? await openUntrustedForCli(names[0]!, { format: 'qcow2', snapshot: snapshotLookupKey(sel) })
+      : await openCliImage(names[0]!, { format: 'qcow2', snapshot: snapshotLookupKey(sel) });
   } catch (e) {
     if (e instanceof Qcow2Error && e.context['snapshot'] !== undefined) throw new CliError("Failed to load snapshot: Can't find snapshot");
     throw e;
