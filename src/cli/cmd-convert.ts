@@ -8,6 +8,7 @@ import type { Image } from '../image/image.js';
 import { convertImage, MAX_MIN_SPARSE, MAX_PARALLEL } from '../ops/convert.js';
 import { createRawTarget } from '../ops/convert-target.js';
 import { createImageTarget } from '../ops/image-target.js';
+import { Qcow2Driver } from '../format/qcow2/qcow2-driver.js';
 import { createImageFile, CreateError } from './cmd-create.js';
 import { openUntrustedForCli, UNTRUSTED_OPTION } from './untrusted.js';
 import { OptionError } from './option-string.js';
@@ -56,7 +57,6 @@ const NOT_YET: Readonly<Record<string, string>> = {
   'image-opts': '--image-opts',
   'target-image-opts': '--target-image-opts',
   salvage: '--salvage',
-  bitmaps: '--bitmaps',
   rate: '-r',
 };
 
@@ -88,6 +88,8 @@ interface Settings {
   createOptions: string | undefined;
   /** `--untrusted`: sources open nothing they name and are not probed. */
   untrusted: boolean;
+  /** `--bitmaps`: copy persistent bitmaps (qcow2 to qcow2). */
+  bitmaps: boolean;
   targetIsZero: boolean;
   unsupported: string[];
 }
@@ -111,6 +113,7 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
     backing: undefined,
     createOptions: undefined,
     untrusted: false,
+    bitmaps: false,
     targetIsZero: false,
     unsupported: [],
   };
@@ -183,6 +186,9 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
       case 'untrusted':
         s.untrusted = true;
         break;
+      case 'bitmaps':
+        s.bitmaps = true;
+        break;
       case 'options':
         s.createOptions = s.createOptions === undefined ? v : `${s.createOptions},${v}`;
         break;
@@ -219,6 +225,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
       sources.push(s.untrusted ? await openUntrustedForCli(name, { format: s.format }) : await openCliImage(name, { format: s.format }));
     }
     await loadSnapshot(s.snapshot, sources, sourceNames, s.untrusted);
+    if (s.bitmaps && s.outFormat !== 'qcow2') throw new CliError('--bitmaps is only supported with qcow2 output');
     if (s.outFormat === 'qcow2') {
       targetImage = await convertToQcow2(io, s, sources, outName, bar);
       return 0;
@@ -291,9 +298,24 @@ async function convertToQcow2(io: CliIO, s: Settings, sources: readonly Image[],
     ...(s.inOrder ? {} : { inOrder: false }),
     ...(bar ? { progress: (p: number) => bar.set(p) } : {}),
   });
+  if (s.bitmaps) await copyBitmaps(sources, image);
   await image.flush();
   bar?.end();
   return image;
+}
+
+/** `--bitmaps`: every persistent bitmap of the (single, qcow2) source, with its bits and flags. */
+async function copyBitmaps(sources: readonly Image[], target: Image): Promise<void> {
+  const src = sources[0]?.driver;
+  const dst = target.driver;
+  if (sources.length !== 1 || !(src instanceof Qcow2Driver) || !(dst instanceof Qcow2Driver)) {
+    throw new CliError('--bitmaps is only supported with a single qcow2 source and qcow2 output');
+  }
+  for (const bm of src.bitmaps.list()) {
+    if (bm.inconsistent) throw new CliError(`Cannot copy inconsistent bitmap '${bm.name}'`);
+    await dst.bitmaps.add(bm.name, { granularity: bm.granularity, disabled: !bm.enabled });
+    await dst.bitmaps.merge(bm.name, bm.name, src.bitmaps);
+  }
 }
 
 function checkOutputFormat(fmt: string): void {
