@@ -25,3 +25,4 @@ export { planRawImage, writeRawImage } from './format/raw/raw-create.js';
 export { checkQcow2, type CheckQcow2Options, type CheckQcow2Outcome, type RepairMode } from './ops/check/check-qcow2.js';
 export { Qcow2Bitmaps } from './format/qcow2/bitmaps.js';
 export { Qcow2Snapshots, type NewSnapshot } from './format/qcow2/snapshot-ops.js';
+export { inspectUntrusted, openUntrusted, untrustedPolicy, DEFAULT_UNTRUSTED_LIMITS, type UntrustedReport, type UntrustedLimits } from './ops/untrusted-inspect.js';

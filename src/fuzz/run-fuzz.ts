@@ -89,7 +89,8 @@ export interface FuzzSummary {
   workerRestarts: number;
 }
 
-const BATCH = 25;
+// Small batches: the time budget is checked between batches, and a batch of slow cases overshoots it.
+const BATCH = 10;
 const WORKER_HEAP_MB = 1024;
 
 function hashOf(s: string): string {
@@ -106,6 +107,7 @@ function hashOf(s: string): string {
  * ```
  */
 export async function runFuzz(o: FuzzRunOptions): Promise<FuzzSummary> {
+  // Making the seeds (qemu-img, once per seed directory) is setup: the budget starts after it.
   await loadOrCreateSeeds(o.seedsDir);
   await mkdir(join(o.corpusDir, 'findings'), { recursive: true });
   const started = Date.now();
