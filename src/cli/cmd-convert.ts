@@ -16,7 +16,7 @@ import { QemuProgress } from '../ops/qemu-progress.js';
 import { parseSnapshotParam, snapshotLookupKey, snapshotMatches, type ParsedSnapshotParam } from '../ops/snapshot-param.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseSizeArg } from '../util/size.js';
-import { openImageFile } from '../node.js';
+import { openImageFile } from '../open-image-file-node.js';
 import { parseCommandArgs, type ArgSpec } from './args.js';
 import { CliError } from './cli-error.js';
 import { PROGRAM, type CliIO } from './main.js';

@@ -6,7 +6,7 @@ import { Qcow2Error } from '../errors.js';
 import { planQcow2Image, writeQcow2Image } from '../format/qcow2/create-layout.js';
 import { resolveQcow2CreateOptions } from '../format/qcow2/create-options.js';
 import type { Image } from '../image/image.js';
-import { openImageFile } from '../node.js';
+import { openImageFile } from '../open-image-file-node.js';
 import { ddCopy, planDd, type DdOperands } from '../ops/dd.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseSizeArg, strtosz } from '../util/size.js';

@@ -5,7 +5,7 @@
  */
 import { Qcow2Error } from '../errors.js';
 import type { Image } from '../image/image.js';
-import { openImageFile } from '../node.js';
+import { openImageFile } from '../open-image-file-node.js';
 import { QemuProgress } from '../ops/qemu-progress.js';
 import { changeBackingFile, rebaseCopy } from '../ops/rebase.js';
 import { ArgError, parseCommandArgs, type ArgSpec, type ParsedOption } from './args.js';

@@ -1,6 +1,6 @@
 import { Qcow2Error } from '../errors.js';
 import type { Image } from '../image/image.js';
-import { openImageFile } from '../node.js';
+import { openImageFile } from '../open-image-file-node.js';
 import { CliError } from './cli-error.js';
 
 /** What a command asks of an image it opens. */

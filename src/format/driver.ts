@@ -87,9 +87,11 @@ export interface FormatDriver {
   readonly backing: DependencyRequest | undefined;
   /**
    * Describe the run starting at `offset`, at most `maxLength` bytes long. Runs may be
-   * shorter than the longest possible; callers loop.
+   * shorter than the longest possible; callers loop. Drivers may answer synchronously when
+   * the metadata is cached (callers `await` the result either way), which keeps scans of
+   * sparse images from paying a promise per run.
    */
-  getMapping(offset: number, maxLength: number): Promise<Mapping>;
+  getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping>;
   /** Decode the compressed cluster a `compressed` mapping points into. `dst.length === clusterSize`. */
   readCompressed(mapping: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void>;
   /** Present when the image was opened writable. */

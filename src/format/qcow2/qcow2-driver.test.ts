@@ -93,13 +93,13 @@ test('extended L2: subcluster allocation, zero and unallocated bits', async () =
 test('extended L2 entry with both bits set is reported as corruption', async () => {
   const img = buildQcow2({ size: CS, extendedL2: true, entries: [{ cluster: 0, kind: 'data', bitmap: { alloc: 1, zero: 1 } }] });
   const d = await open(img);
-  await assert.rejects(d.getMapping(0, CS), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
+  await assert.rejects(async () => d.getMapping(0, CS), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
 });
 
 test('unaligned data offsets are corruption, not a crash', async () => {
   const img = buildQcow2({ size: 2 * CS, entries: [{ cluster: 0, kind: 'raw-entry', hi: 0x80000000, lo: 0x50200 }] });
   const d = await open(img);
-  await assert.rejects(d.getMapping(0, CS), /unaligned/);
+  await assert.rejects(async () => d.getMapping(0, CS), /unaligned/);
 });
 
 test('unknown incompatible bits are named from the feature table', async () => {
@@ -124,7 +124,7 @@ test('hostile header values are refused before they size anything', async () => 
     [{ nbSnapshots: 0x20000, snapshotsOffset: 0x10000 }, /Snapshot table too large/],
     [{ clusterBits: 30 }, /Unsupported cluster size/],
     [{ headerLength: 0x100000 }, /exceeds cluster size|header too short/],
-    [{ refcountOrder: 7 }, /Reference count width too large/],
+    [{ refcountOrder: 7 }, /Reference count entry width too large/],
     [{ l1Size: 0 }, /L1 table is too small/],
     [{ compressionType: 5 }, /unknown compression type/],
     [{ backingFileOffset: 0x20000 }, /Invalid backing file offset/],

@@ -36,6 +36,8 @@ export interface Qcow2OpenOptions {
 }
 
 const DEFAULT_L2_CACHE_MAX = 32 << 20;
+/** L2 tables loaded ahead of a sequential scan after a cache miss. */
+const L2_READ_AHEAD = 4;
 
 const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mapping;
 
@@ -194,10 +196,9 @@ export class Qcow2Driver implements FormatDriver {
     return this.meta.header.size;
   }
 
-  async getMapping(offset: number, maxLength: number): Promise<Mapping> {
+  getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping> {
     if (offset >= this.size || maxLength <= 0) return EOF_MAPPING;
     const cs = this.clusterSize;
-    const bits = this.#clusterBits;
     const l2Entries = this.meta.l2Entries;
     const clusterIndex = Math.floor(offset / cs);
     const l1Index = Math.floor(clusterIndex / l2Entries);
@@ -209,7 +210,33 @@ export class Qcow2Driver implements FormatDriver {
     if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
-    const table = viewOf(await this.state.l2.get(l2Offset));
+    const cached = this.state.l2.get(l2Offset);
+    if (cached instanceof Uint8Array) return this.#mapInTable(cached, offset, end, l1Index, l2Offset);
+    this.#readAheadL2(l1Index);
+    return cached.then((t) => this.#mapInTable(t, offset, end, l1Index, l2Offset));
+  }
+
+  /**
+   * Start loading the next few L2 tables after a miss: scans (map, convert) walk the L1
+   * table in order, and one read at a time would leave them waiting on I/O most of the time.
+   */
+  #readAheadL2(l1Index: number): void {
+    const { l1, l1Entries, l2 } = this.state;
+    const count = Math.min(L2_READ_AHEAD, l2.capacity - 2);
+    for (let i = l1Index + 1; i <= l1Index + count && i < l1Entries; i++) {
+      const off = entryOffset(l1.getUint32(i * 8), l1.getUint32(i * 8 + 4));
+      if (off === 0 || off % this.clusterSize !== 0 || off > MAX_HOST_OFFSET || l2.has(off)) continue;
+      // Errors surface when the table is really needed (the load is retried then).
+      void Promise.resolve(l2.get(off)).catch(() => {});
+    }
+  }
+
+  /** The run from `offset` (before `end`, inside L2 table `l1Index`) described by that table. */
+  #mapInTable(tableBytes: Uint8Array, offset: number, end: number, l1Index: number, l2Offset: number): Mapping {
+    const cs = this.clusterSize;
+    const bits = this.#clusterBits;
+    const l2Span = this.meta.l2Entries * cs;
+    const { view: table, words } = tableViews(tableBytes);
     const ext = this.meta.extendedL2;
     const unitBits = ext ? bits - 5 : bits;
     const unit = 2 ** unitBits;
@@ -220,8 +247,22 @@ export class Qcow2Driver implements FormatDriver {
     let kind = Unit.Unallocated;
     let expectHost = 0;
     let hostful = false;
+    const wordsPerEntry = ext ? 4 : 2;
     while (pos < end) {
-      const rel = pos - l2Base;
+      let rel = pos - l2Base;
+      if (!first && kind === Unit.Unallocated && !hostful && rel % cs === 0) {
+        // Sparse images are mostly all-zero entries: skip them without decoding each one.
+        let w = (rel / cs) * wordsPerEntry;
+        const stop = Math.ceil((end - l2Base) / cs) * wordsPerEntry;
+        while (w < stop && words[w] === 0) w++;
+        const skippedTo = Math.min(end, l2Base + Math.floor(w / wordsPerEntry) * cs);
+        if (skippedTo >= end) {
+          pos = end;
+          break;
+        }
+        pos = skippedTo;
+        rel = pos - l2Base;
+      }
       const l2Index = Math.floor(rel / cs);
       const e = ext ? l2Index * 16 : l2Index * 8;
       const hi = table.getUint32(e);
@@ -317,6 +358,21 @@ export class Qcow2Driver implements FormatDriver {
     if (bmLo !== 0) throw invalidEntry(l2Offset, l2Index);
     return zeroBit ? Unit.Zero : Unit.Unallocated;
   }
+}
+
+/** DataView and 32-bit word view of a cached table, made once per table. */
+const viewCache = new WeakMap<Uint8Array, { view: DataView; words: Uint32Array }>();
+
+function tableViews(bytes: Uint8Array): { view: DataView; words: Uint32Array } {
+  let v = viewCache.get(bytes);
+  if (v === undefined) {
+    // Only tests for all-zero words use `words`, so host byte order does not matter. An
+    // unaligned table (never made by the cache) gets no words: the fast path then skips nothing.
+    const words = bytes.byteOffset % 4 === 0 ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2) : new Uint32Array(0);
+    v = { view: viewOf(bytes), words };
+    viewCache.set(bytes, v);
+  }
+  return v;
 }
 
 function invalidEntry(l2Offset: number, l2Index: number): Qcow2Error {

@@ -34,6 +34,16 @@ export class TableCache {
     this.#budget = Math.max(budgetBytes, 2 * tableSize);
   }
 
+  /** How many tables fit in the budget. */
+  get capacity(): number {
+    return Math.floor(this.#budget / this.#tableSize);
+  }
+
+  /** True when the table is cached or being loaded (no I/O, no LRU update). */
+  has(offset: number): boolean {
+    return this.#entries.has(offset) || this.#loading.has(offset);
+  }
+
   /** The cached table, if present (no I/O). */
   peek(offset: number): Uint8Array | undefined {
     const e = this.#entries.get(offset);

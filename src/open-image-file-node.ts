@@ -1,0 +1,58 @@
+// Node-only: open an image file and its chain from the local file system. Kept apart from
+// the `node.ts` entry point so the CLI loads only what opening needs.
+import { nodeCodecs } from './codecs/codecs-node.js';
+import type { Image } from './image/image.js';
+import { openImage, type OpenImageOptions } from './image/open-image.js';
+import type { OpenPolicy } from './image/open-policy.js';
+import { NodeFileResolver, NodeFileStorage } from './storage/node-file-storage.js';
+import { Qcow2Error } from './errors.js';
+
+/** Options for {@link openImageFile}. */
+export interface OpenImageFileOptions extends Omit<OpenImageOptions, 'policy'> {
+  /**
+   * How backing and data files are found. Default: follow them relative to the image's
+   * directory, without probing the format of a backing file that does not name one.
+   * `'deny'` refuses images that name any other file (use it for untrusted images).
+   */
+  dependencies?: 'follow' | 'follow-and-probe' | 'deny' | OpenPolicy;
+}
+
+/**
+ * Open an image file (and its backing chain) from the local file system.
+ *
+ * @example
+ * ```ts
+ * import { openImageFile } from 'qcow2kit/node';
+ * const image = await openImageFile('disk.qcow2');
+ * const sector = new Uint8Array(512);
+ * await image.read(sector, 0);
+ * console.log(await image.blockStatus(0, image.size));
+ * await image.close();
+ * ```
+ */
+export async function openImageFile(path: string, options: OpenImageFileOptions = {}): Promise<Image> {
+  const { dependencies = 'follow', ...rest } = options;
+  const policy: OpenPolicy =
+    dependencies === 'follow' ? { mode: 'follow', resolver: new NodeFileResolver() }
+    : dependencies === 'follow-and-probe' ? { mode: 'follow', resolver: new NodeFileResolver(), probeFormat: true }
+    : dependencies === 'deny' ? { mode: 'deny' }
+    : dependencies;
+  const storage = await NodeFileStorage.open(path, { readOnly: rest.readOnly ?? true });
+  try {
+    return await openImage(storage, {
+      codecs: nodeCodecs,
+      // Like QEMU: a dirty image (crashed lazy-refcounts writer) is repaired on a writable open.
+      repairDirty: async (s) => {
+        // Loaded on demand: most opens never need the checker.
+        const { checkQcow2 } = await import('./ops/check/check-qcow2.js');
+        const outcome = await checkQcow2(s, { repair: 'all' });
+        if (outcome.exitCode !== 0) throw new Qcow2Error('CORRUPT', 'Could not repair dirty image', { exitCode: outcome.exitCode });
+      },
+      ...rest,
+      policy,
+    });
+  } catch (e) {
+    await storage.close();
+    throw e;
+  }
+}
