@@ -24,7 +24,7 @@ export function validateHeaderFields(h: Qcow2Header): void {
     throw invalidImage('Backing file name too long', { length: h.backingFileSize });
   }
   if (h.refcountOrder > 6) {
-    throw invalidImage('Reference count width too large; may not exceed 64 bits', { refcountOrder: h.refcountOrder });
+    throw invalidImage('Reference count entry width too large; may not exceed 64 bits', { refcountOrder: h.refcountOrder });
   }
   if (h.version === 2 && h.refcountOrder !== 4) throw invalidImage('Invalid refcount order for a version 2 image');
 }
