@@ -5,7 +5,7 @@
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor, CodecSet, CompressionType } from './codec.js';
 import { ZstdWorkerPool, defaultZstdThreads, zstdInThreadDecompressor } from './zstd-node.js';
-import { inflateSyncNode } from './deflate-node.js';
+import { deflateNodeCompressor, inflateSyncNode } from './deflate-node.js';
 
 /** A codec set that owns worker threads; `close()` stops them (idle ones never block exit). */
 export interface NodeCodecSet extends CodecSet {
@@ -39,9 +39,10 @@ function unknownType(type: unknown): Qcow2Error {
 export function createNodeCodecs(options: NodeCodecOptions = {}): NodeCodecSet {
   const pool = new ZstdWorkerPool({ threads: options.zstdThreads ?? defaultZstdThreads() });
   // Decoding stays on the calling thread: measured here, worker threads cost ~45 MiB of memory
-  // each and did not read faster on 2 cores; compression is heavy enough to pay for them.
+  // each and did not read faster on 2 cores. zlib compression runs on libuv's thread pool,
+  // which uses every core without a JavaScript isolate per thread; zstd needs the workers.
   const zlibDecompressor: ClusterDecompressor = { decompress: async (src, dst) => inflateSyncNode(src, dst) };
-  const zlibCompressor = pool.compressorFor('zlib');
+  const zlibCompressor = deflateNodeCompressor;
   return {
     decompressor(type: CompressionType): ClusterDecompressor {
       if (type === 'zlib') return zlibDecompressor;

@@ -12,12 +12,14 @@ import type { ZstdWorkerReply, ZstdWorkerRequest } from './zstd-node-protocol.js
 const port = parentPort;
 if (!port) throw new Error('zstd-node-worker must run in a worker thread');
 
-await initZstdWasm();
+/** The WebAssembly codec, instantiated on the first zstd request (zlib jobs never need it). */
+let zstdReady: Promise<void> | undefined;
 
-port.on('message', (req: ZstdWorkerRequest) => {
+port.on('message', async (req: ZstdWorkerRequest) => {
   let reply: ZstdWorkerReply;
   const transfer: ArrayBuffer[] = [];
   try {
+    if (req.codec === 'zstd') await (zstdReady ??= initZstdWasm());
     if (req.op === 'decompress') {
       const out = new Uint8Array(req.dstLength);
       if (req.codec === 'zlib') inflateSyncNode(req.src, out);

@@ -38,6 +38,8 @@ export class Qcow2Writer implements DriverWriter {
   #dirtyBitSet = false;
   /** Next free byte in the host cluster compressed clusters are being packed into (0 = none). */
   #byteCursor = 0;
+  /** Settles when the previous compressed write has taken its host bytes (see writeCompressed). */
+  #compressedTurn: Promise<void> = Promise.resolve();
   /** Clusters still named by the on-disk header until the next flush rewrites it. */
   #freeAfterHeader: [number, number][] = [];
 
@@ -229,33 +231,52 @@ export class Qcow2Writer implements DriverWriter {
       full = new Uint8Array(cs);
       full.set(src);
     }
-    const packed = await s.compressor.compress(full);
-    if (packed === undefined) {
-      await this.writeData(offset, src, async (dst) => void dst.fill(0));
-      return;
-    }
-    const l2Entries = s.meta.l2Entries;
-    const cluster = offset / cs;
-    const l1Index = Math.floor(cluster / l2Entries);
-    const host = await s.lock.run(async () => {
-      const { table } = await this.#writableL2(l1Index);
-      const old = this.#readEntry(table, cluster % l2Entries);
-      const type = this.#clusterType(old);
-      if (type !== 'unallocated' && type !== 'zero') {
-        // QEMU fails these with EIO as well: compressed data only goes into fresh clusters.
-        throw new Qcow2Error('IO', 'Compressed writes are only possible to unallocated clusters', { offset });
+    // Clusters compress in parallel but take host space in call order, so the same writes
+    // always produce the same file (completion order varies from run to run).
+    const previous = this.#compressedTurn;
+    let endTurn!: () => void;
+    this.#compressedTurn = new Promise<void>((resolve) => (endTurn = resolve));
+    let packed: Uint8Array | undefined;
+    let host: number;
+    try {
+      packed = await s.compressor.compress(full);
+      await previous;
+      if (packed === undefined) {
+        await this.writeData(offset, src, async (dst) => void dst.fill(0));
+        return;
       }
-      return this.#allocateBytes(packed.byteLength);
-    });
+      host = await this.#allocateCompressed(offset, packed.byteLength);
+    } finally {
+      endTurn();
+    }
     await this.#guard(host, packed.byteLength);
     await s.storage.write(packed, host);
+    const stored = packed;
+    const l2Entries = s.meta.l2Entries;
+    const cluster = offset / cs;
     await s.lock.run(async () => {
-      const { offset: l2Offset, table } = await this.#writableL2(l1Index);
-      const [hi, lo] = encodeCompressed(host, packed.byteLength, s.clusterBits);
+      const { offset: l2Offset, table } = await this.#writableL2(Math.floor(cluster / l2Entries));
+      const [hi, lo] = encodeCompressed(host, stored.byteLength, s.clusterBits);
       this.#setEntry(table, cluster % l2Entries, hi, lo, 0, 0);
       s.l2.markDirty(l2Offset);
     });
     await this.#relieveCaches();
+  }
+
+  /** Host bytes for a compressed cluster at guest `offset`, which must be unallocated or zero. */
+  #allocateCompressed(offset: number, length: number): Promise<number> {
+    const s = this.#s;
+    const l2Entries = s.meta.l2Entries;
+    const cluster = offset / s.clusterSize;
+    return s.lock.run(async () => {
+      const { table } = await this.#writableL2(Math.floor(cluster / l2Entries));
+      const type = this.#clusterType(this.#readEntry(table, cluster % l2Entries));
+      if (type !== 'unallocated' && type !== 'zero') {
+        // QEMU fails these with EIO as well: compressed data only goes into fresh clusters.
+        throw new Qcow2Error('IO', 'Compressed writes are only possible to unallocated clusters', { offset });
+      }
+      return this.#allocateBytes(length);
+    });
   }
 
   /**
