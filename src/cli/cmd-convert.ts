@@ -11,7 +11,7 @@ import { createImageTarget } from '../ops/image-target.js';
 import { Qcow2Driver } from '../format/qcow2/qcow2-driver.js';
 import { createImageFile, CreateError } from './cmd-create.js';
 import { openUntrustedForCli, UNTRUSTED_OPTION } from './untrusted.js';
-import { OptionError } from './option-string.js';
+import { appendOptionList, OptionError } from './option-string.js';
 import { QemuProgress } from '../ops/qemu-progress.js';
 import { parseSnapshotParam, snapshotLookupKey, snapshotMatches, type ParsedSnapshotParam } from '../ops/snapshot-param.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
@@ -190,7 +190,7 @@ function parseSettings(io: CliIO, argv: string[]): { settings: Settings; files: 
         s.bitmaps = true;
         break;
       case 'options':
-        s.createOptions = s.createOptions === undefined ? v : `${s.createOptions},${v}`;
+        s.createOptions = appendOptionList(s.createOptions, v);
         break;
       default: {
         const flag = NOT_YET[o.name];

@@ -17,7 +17,7 @@ import { PROGRAM, type CliIO } from './main.js';
 import {
   hasHelpOption,
   hexSuffixWarning,
-  isValidOptionList,
+  appendOptionList,
   OptionError,
   optionHelpText,
   parseQemuOpts,
@@ -76,9 +76,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   let options: string | undefined;
   for (const o of args.options) {
     if (o.name !== 'options') continue;
-    const value = o.value ?? '';
-    if (!isValidOptionList(value)) throw new CliError(`Invalid option list: ${value}`);
-    options = options === undefined ? value : `${options},${value}`;
+    options = appendOptionList(options, o.value ?? '');
   }
   if (args.has('object')) throw new CliError('--object is not supported');
   const fmt = args.get('format') ?? 'raw';

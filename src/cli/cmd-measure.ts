@@ -12,7 +12,7 @@ import { ArgError, parseCommandArgs, type ArgSpec, type ParsedOption } from './a
 import { CliError, HelpRequest } from './cli-error.js';
 import { PROGRAM, type CliIO } from './main.js';
 import { openForCli, parseOutputFormat } from './open-for-cli.js';
-import { isValidOptionList, OptionError, parseQemuOpts, type QemuOptDesc, type QemuOpts } from './option-string.js';
+import { appendOptionList, OptionError, parseQemuOpts, type QemuOptDesc, type QemuOpts } from './option-string.js';
 
 const SPEC: ArgSpec = {
   options: [
@@ -103,8 +103,7 @@ async function measure(argv: string[], io: CliIO): Promise<number> {
         outFormat = value;
         break;
       case 'options':
-        if (!isValidOptionList(value)) throw new CliError(`Invalid option list: ${value}`);
-        optionText = optionText === undefined ? value : `${optionText},${value}`;
+        optionText = appendOptionList(optionText, value);
         break;
       case 'snapshot':
         snapshot = parseSnapshotParam(value);

@@ -6,6 +6,7 @@
  * though only the command line uses it.
  */
 import { strtosz } from '../util/size.js';
+import { CliError } from './cli-error.js';
 
 /** Value types of QemuOpts options. */
 export type QemuOptType = 'string' | 'bool' | 'number' | 'size';
@@ -53,6 +54,15 @@ export function isValidOptionList(text: string): boolean {
   let i = text.length;
   while (i > 0 && text[i - 1] === ',') i--;
   return (text.length - i) % 2 === 0;
+}
+
+/**
+ * Add one `-o` argument to the options seen so far, as qemu-img does while parsing its
+ * command line: each list is checked, then lists are joined with a comma.
+ */
+export function appendOptionList(sofar: string | undefined, list: string): string {
+  if (!isValidOptionList(list)) throw new CliError(`Invalid option list: ${list}`);
+  return sofar === undefined ? list : `${sofar},${list}`;
 }
 
 /**

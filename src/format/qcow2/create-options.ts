@@ -84,6 +84,18 @@ export interface CreateOptionInfo {
   readonly help: string;
 }
 
+/** The tail of QEMU's qcow2 option lists that create and amend share (qcow2_create_opts / qcow2_amend_opts). */
+export const QCOW2_COMMON_OPTION_INFO: readonly CreateOptionInfo[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
+  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
+  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
+  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
+  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
+  { name: 'lazy_refcounts', type: 'bool', defaultValue: 'off', help: 'Postpone refcount updates' },
+  { name: 'refcount_bits', type: 'number', defaultValue: '16', help: 'Width of a reference count entry in bits' },
+];
+
 /**
  * qemu-img 7.2's qcow2 create options in the order of QEMU's option list: the order in which
  * `Formatting '...'` prints them. Encryption options are listed so they parse; creating an
@@ -103,14 +115,7 @@ export const QCOW2_CREATE_OPTION_INFO: readonly CreateOptionInfo[] = [
   { name: 'extended_l2', type: 'bool', defaultValue: 'off', help: 'Extended L2 tables' },
   { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
   { name: 'compression_type', type: 'string', defaultValue: 'zlib', help: 'Compression method used for image cluster compression' },
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
-  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
-  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
-  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'lazy_refcounts', type: 'bool', defaultValue: 'off', help: 'Postpone refcount updates' },
-  { name: 'refcount_bits', type: 'number', defaultValue: '16', help: 'Width of a reference count entry in bits' },
+  ...QCOW2_COMMON_OPTION_INFO,
 ];
 
 function invalid(message: string): Qcow2Error {

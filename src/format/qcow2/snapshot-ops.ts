@@ -152,6 +152,15 @@ export class Qcow2Snapshots {
     });
   }
 
+  /**
+   * Write `entries` as a new snapshot table (QEMU's qcow2_write_snapshots), e.g. to give v2
+   * entries the extra data v3 requires. Call with the metadata lock held.
+   */
+  async rewriteTableLocked(entries: SnapshotEntry[]): Promise<void> {
+    await this.#writeTable(entries);
+    await this.#w.flushLocked();
+  }
+
   /** Write a new snapshot table, switch the header to it, then free the old one. */
   async #writeTable(entries: SnapshotEntry[]): Promise<void> {
     const s = this.#s;
