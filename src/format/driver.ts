@@ -28,6 +28,12 @@ export type Mapping =
 
 export type MappingKind = Mapping['kind'];
 
+/** A compressed mapping and the cluster-sized buffer its decoded cluster goes to. */
+export interface CompressedRead {
+  readonly mapping: Extract<Mapping, { kind: 'compressed' }>;
+  readonly dst: Uint8Array;
+}
+
 /** Facts about a dependency named by an image, for the open policy. */
 export interface DependencyRequest {
   /** 'backing' for a backing file, 'data-file' for an external data file. */
@@ -94,6 +100,12 @@ export interface FormatDriver {
   getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping>;
   /** Decode the compressed cluster a `compressed` mapping points into. `dst.length === clusterSize`. */
   readCompressed(mapping: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void>;
+  /**
+   * Decode several compressed clusters, reading the stored bytes of neighbours in the file
+   * with one read (a read per cluster costs more than the decoding on some platforms).
+   * Optional: engines fall back to `readCompressed` per cluster.
+   */
+  readCompressedClusters?(items: readonly CompressedRead[]): Promise<void>;
   /** Present when the image was opened writable. */
   readonly writer?: DriverWriter | undefined;
   /** Release caches and close storages the driver opened itself (data file). Not the main storage. */

@@ -1,10 +1,13 @@
 import { Qcow2Error } from '../errors.js';
-import type { DriverWriter, FormatDriver, Mapping } from '../format/driver.js';
+import type { CompressedRead, DriverWriter, FormatDriver, Mapping } from '../format/driver.js';
 import { RangeLock } from '../util/range-lock.js';
 import { LruCache } from '../util/lru-cache.js';
 import type { BlockStatus, ImageReader } from './types.js';
 
 type CompressedMapping = Extract<Mapping, { kind: 'compressed' }>;
+
+/** Whole compressed clusters handed to the driver at once (their reads are merged). */
+const COMPRESSED_BATCH = 32;
 
 /** Decompressed clusters kept for small reads that hit the same cluster again. */
 const COMPRESSED_CACHE_BYTES = 8 << 20;
@@ -46,12 +49,26 @@ export class Image implements ImageReader {
     checkRange(offset, dst.byteLength, this.size);
     const end = offset + dst.byteLength;
     const tasks: Promise<void>[] = [];
+    // Whole compressed clusters in a row are decoded together: one file read for the lot.
+    let batch: CompressedRead[] = [];
+    const flushBatch = (): void => {
+      if (batch.length > 0) tasks.push(this.driver.readCompressedClusters!(batch));
+      batch = [];
+    };
+    const cs = this.driver.clusterSize;
     try {
       let pos = offset;
       while (pos < end) {
         const m = await this.driver.getMapping(pos, end - pos);
         if (m.kind === 'eof' || m.length <= 0) throw new Qcow2Error('IO', `Mapping ended early at offset ${pos}`, { offset: pos });
         const piece = dst.subarray(pos - offset, pos - offset + m.length);
+        if (m.kind === 'compressed' && this.driver.readCompressedClusters !== undefined && pos === m.clusterGuestOffset && m.length === cs) {
+          batch.push({ mapping: m, dst: piece });
+          if (batch.length === COMPRESSED_BATCH) flushBatch();
+          pos += m.length;
+          continue;
+        }
+        flushBatch();
         switch (m.kind) {
           case 'data':
             tasks.push(m.storage.read(piece, m.hostOffset));
@@ -68,6 +85,7 @@ export class Image implements ImageReader {
         }
         pos += m.length;
       }
+      flushBatch();
     } catch (e) {
       await Promise.allSettled(tasks);
       throw e;

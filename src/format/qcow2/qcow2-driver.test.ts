@@ -12,7 +12,12 @@ import { encodeFeatureTable, QEMU_FEATURE_TABLE } from './header-extensions.js';
 const zlibOnly: CodecSet = {
   decompressor: () => ({
     async decompress(src, dst) {
-      const out = inflateRawSync(src, { finishFlush: constants.Z_SYNC_FLUSH });
+      let out: Buffer;
+      try {
+        out = inflateRawSync(src, { finishFlush: constants.Z_SYNC_FLUSH });
+      } catch (e) {
+        throw new Qcow2Error('DECOMPRESS', String(e));
+      }
       if (out.byteLength < dst.byteLength) throw new Qcow2Error('DECOMPRESS', 'short');
       dst.set(out.subarray(0, dst.byteLength));
     },
@@ -64,6 +69,38 @@ test('reads compressed clusters whose stream is followed by junk', async () => {
   assert.deepEqual(part, data.subarray(5000, 6000));
   const st = await image.blockStatus(CS, CS);
   assert.deepEqual(st, { offset: CS, length: CS, depth: 0, present: true, zero: false, data: true, compressed: true });
+});
+
+test('neighbouring compressed clusters are read with one storage read and decode like single ones', async () => {
+  const clusters = [0, 1, 2, 3, 4].map((k) => pattern(CS, 10 + k).map((b, i) => (i % (5 + k) === 0 ? b : k)));
+  const entries = clusters.map((data, k) => ({ cluster: k, kind: 'compressed' as const, bytes: deflateRawSync(data, { windowBits: 12 }) }));
+  // Cluster 5 stays unallocated: a batch ends there, another one covers nothing.
+  entries.push({ cluster: 6, kind: 'compressed', bytes: deflateRawSync(clusters[0]!, { windowBits: 12 }) });
+  const storage = new MemoryStorage(buildQcow2({ size: 8 * CS, entries }), 'test.qcow2');
+  const image = await openImage(storage, { format: 'qcow2', codecs: zlibOnly });
+  await image.blockStatus(0, CS); // loads the L2 table
+  let reads = 0;
+  const read = storage.read.bind(storage);
+  storage.read = async (dst, offset) => {
+    reads++;
+    await read(dst, offset);
+  };
+  const out = new Uint8Array(8 * CS);
+  await image.read(out, 0);
+  clusters.forEach((data, k) => assert.deepEqual(out.subarray(k * CS, (k + 1) * CS), data, `cluster ${k}`));
+  assert.ok(out.subarray(5 * CS, 6 * CS).every((b) => b === 0));
+  assert.deepEqual(out.subarray(6 * CS, 7 * CS), clusters[0]);
+  assert.equal(reads, 2, 'one read for clusters 0-4, one for cluster 6');
+});
+
+test('a corrupt stream in a batch names its cluster', async () => {
+  const good = deflateRawSync(pattern(CS, 1).map((b, i) => (i % 9 === 0 ? b : 0)), { windowBits: 12 });
+  const img = buildQcow2({ size: 2 * CS, entries: [
+    { cluster: 0, kind: 'compressed', bytes: good },
+    { cluster: 1, kind: 'compressed', bytes: new Uint8Array(100).fill(0xff) },
+  ] });
+  const image = await openImage(new MemoryStorage(img), { format: 'qcow2', codecs: zlibOnly });
+  await assert.rejects(image.read(new Uint8Array(2 * CS), 0), (e: unknown) => e instanceof Qcow2Error && /guest offset 65536/.test(e.message));
 });
 
 test('extended L2: subcluster allocation, zero and unallocated bits', async () => {

@@ -3,7 +3,7 @@ import { invalidImage, Qcow2Error } from '../../errors.js';
 import type { Storage } from '../../storage/storage.js';
 import { AsyncMutex } from '../../util/async-mutex.js';
 import { viewOf } from '../../util/bytes.js';
-import type { DependencyRequest, FormatDriver, Mapping } from '../driver.js';
+import type { CompressedRead, DependencyRequest, FormatDriver, Mapping } from '../driver.js';
 import { readBitmapDirectory } from './read-bitmaps.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './features.js';
 import {
@@ -36,6 +36,8 @@ export interface Qcow2OpenOptions {
 }
 
 const DEFAULT_L2_CACHE_MAX = 32 << 20;
+/** Longest run of file bytes read at once for neighbouring compressed clusters. */
+const COMPRESSED_READ_SPAN = 4 << 20;
 /** L2 tables loaded ahead of a sequential scan after a cache miss. */
 const L2_READ_AHEAD = 4;
 
@@ -311,6 +313,33 @@ export class Qcow2Driver implements FormatDriver {
   async readCompressed(m: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void> {
     const src = new Uint8Array(m.compressedLength);
     await this.storage.read(src, m.hostOffset);
+    await this.#decode(m, src, dst);
+  }
+
+  async readCompressedClusters(items: readonly CompressedRead[]): Promise<void> {
+    // Groups of clusters stored close together (QEMU packs them back to back): one read each.
+    let i = 0;
+    while (i < items.length) {
+      const first = items[i]!.mapping;
+      const start = first.hostOffset;
+      let end = start + first.compressedLength;
+      let j = i + 1;
+      for (; j < items.length; j++) {
+        const m = items[j]!.mapping;
+        const mEnd = m.hostOffset + m.compressedLength;
+        if (m.hostOffset < start || m.hostOffset > end + this.clusterSize || Math.max(end, mEnd) - start > COMPRESSED_READ_SPAN) break;
+        end = Math.max(end, mEnd);
+      }
+      const span = new Uint8Array(end - start);
+      await this.storage.read(span, start);
+      for (; i < j; i++) {
+        const { mapping: m, dst } = items[i]!;
+        await this.#decode(m, span.subarray(m.hostOffset - start, m.hostOffset - start + m.compressedLength), dst);
+      }
+    }
+  }
+
+  async #decode(m: Extract<Mapping, { kind: 'compressed' }>, src: Uint8Array, dst: Uint8Array): Promise<void> {
     try {
       await this.state.decompressor.decompress(src, dst);
     } catch (e) {
