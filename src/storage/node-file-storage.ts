@@ -42,7 +42,7 @@ export class NodeFileStorage implements Storage {
     const st = await fh.stat();
     if (st.isDirectory()) {
       await fh.close();
-      throw new Qcow2Error('IO', `Could not open '${name}': Is a directory`);
+      throw notRegularFile(name);
     }
     return new NodeFileStorage(name, fh, st.size, readOnly);
   }
@@ -97,12 +97,17 @@ export class NodeFileStorage implements Storage {
   }
 }
 
+/** QEMU's file driver refuses directories with these words (the CLI adds "Could not open"). */
+function notRegularFile(name: string): Qcow2Error {
+  return new Qcow2Error('IO', `'file' driver requires '${name}' to be a regular file`, { path: name });
+}
+
 /** Map a Node fs error to a Qcow2Error with qemu-img's wording. */
 export function fileError(name: string, e: unknown): Qcow2Error {
   const err = e as NodeJS.ErrnoException;
   if (err.code === 'ENOENT') return new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { path: name });
   if (err.code === 'EACCES' || err.code === 'EPERM') return new Qcow2Error('IO', `Could not open '${name}': Permission denied`, { path: name });
-  if (err.code === 'EISDIR') return new Qcow2Error('IO', `Could not open '${name}': Is a directory`, { path: name });
+  if (err.code === 'EISDIR') return notRegularFile(name);
   return new Qcow2Error('IO', `Could not open '${name}': ${err.message}`, { path: name }, { cause: e });
 }
 
