@@ -181,6 +181,16 @@ describe('StreamWriter', () => {
     assert.equal(done, true);
   });
 
+  it('does not wait for a drain that came before flush()', async () => {
+    const s = new FakeStream();
+    s.limit = 1;
+    const w = new StreamWriter(s);
+    assert.equal(w.write('x'.repeat(70000)), false);
+    s.emit('drain');
+    await w.flush(); // would never settle if the early drain were missed
+    assert.equal(w.write('y'), true);
+  });
+
   it('drops output after a broken pipe instead of failing', async () => {
     const s = new FakeStream();
     s.limit = 1;

@@ -261,14 +261,17 @@ export class StreamWriter implements CliWriter {
         const done = (): void => {
           this.#stream.removeListener('drain', done);
           this.#stream.removeListener('error', done);
-          this.#stream.removeListener('close', done);
+          this.#stream.removeListener('close', closed);
           resolve();
+        };
+        const closed = (): void => {
+          this.#broken = true;
+          done();
         };
         this.#stream.once('drain', done);
         this.#stream.once('error', done);
-        this.#stream.once('close', done);
+        this.#stream.once('close', closed);
       });
-      this.#needsDrain = false;
     }
   }
 
@@ -293,7 +296,14 @@ export class StreamWriter implements CliWriter {
 
   #send(chunk: string | Uint8Array): void {
     try {
-      if (!this.#stream.write(chunk)) this.#needsDrain = true;
+      if (!this.#stream.write(chunk) && !this.#needsDrain) {
+        // Listen from now on: a 'drain' that fires before flush() is called must not be missed,
+        // or the final flush would wait forever.
+        this.#needsDrain = true;
+        this.#stream.once('drain', () => {
+          this.#needsDrain = false;
+        });
+      }
     } catch {
       this.#broken = true;
     }
