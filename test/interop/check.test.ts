@@ -583,6 +583,89 @@ suite('iotest 261: snapshot table extra data and limits', [
   },
 ]);
 
+/** A v3 image with one snapshot whose table is at 0x70000 (the layout iotest 080 pokes). */
+async function withSnapshot(d: string, i: string): Promise<void> {
+  await make(d, i, '64M', '', ['write 0 512']);
+  await must('qemu-img', ['snapshot', '-c', 's1', i], { cwd: d });
+  await must('qemu-io', ['-c', 'write 0 512', i], { cwd: d });
+}
+
+/** QEMU's BDRV_MAX_LENGTH (2^63 - 2^30) minus one 64 KiB cluster, as hex. */
+const LAST_CLUSTER_BEFORE_MAX = '7fffffffbfff0000';
+
+suite('broken snapshot tables (iotests 080 and 261, fuzz findings)', [
+  {
+    name: 'nb_snapshots 0x7fffffff at a valid offset (the corruption counter wraps like a C int)',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 60, be32(0x7fffffff)); },
+    want: { check: 1, leaks: 1, all: 2, afterAll: 2 },
+  },
+  {
+    name: 'nb_snapshots 0x20000 with the table past the end of the file',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 60, be32(0x20000)); await poke(d, i, 64, be64('10000000')); },
+    want: { check: 1, leaks: 1, all: 0 },
+  },
+  {
+    name: '65536 snapshots: a table larger than the file',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 60, be32(65536)); },
+    want: { check: 1, leaks: 1, all: 2, afterAll: 2 },
+  },
+  {
+    name: 'snapshot table past the end of the file',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64('10000000')); },
+    want: { check: 2, json: true, leaks: 2, all: 0 },
+  },
+  {
+    name: 'unaligned snapshot table offset',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64('70008')); },
+    want: { check: 1, leaks: 1, all: 1 },
+  },
+  {
+    name: 'snapshot table at 2^63: offset invalid',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64('8000000000000000')); },
+    want: { check: 1, all: 1 },
+  },
+  {
+    name: 'snapshot table near 2^63: reading it fails with EIO',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64('7fffffffffff0000')); },
+    want: { check: 1, leaks: 1, all: 1 },
+  },
+  {
+    name: 'snapshot table ending right at the largest readable offset (freeing it fails with EFBIG)',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64(LAST_CLUSTER_BEFORE_MAX)); await poke(d, i, 60, be32(1638)); },
+    want: { check: 2, all: 3, afterAll: 3 },
+  },
+  {
+    name: 'snapshot table one entry past the largest readable offset',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 64, be64(LAST_CLUSTER_BEFORE_MAX)); await poke(d, i, 60, be32(1639)); },
+    want: { check: 1, all: 1 },
+  },
+  {
+    name: 'extra data size 0xffffffff',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 0x70024, be32(0xffffffff)); },
+    want: { check: 1, leaks: 1, all: 0 },
+  },
+  {
+    name: 'extra data size 1 MiB, the table then overlapping the refcount check (repair refused)',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 0x70024, be32(0x100000)); },
+    want: { check: 1, leaks: 1, all: 1, afterAll: 2 },
+  },
+  {
+    name: 'snapshot L1 table at 2^63 - 64 KiB',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 0x70000, be64('7fffffffffff0000')); },
+    want: { check: 1, leaks: 1, all: 1 },
+  },
+  {
+    name: 'snapshot L1 table past the end of the file, unaligned',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 0x70000, be64('100000200')); },
+    want: { check: 2, leaks: 2, all: 2 },
+  },
+  {
+    name: 'snapshot L1 size 0xffffffff',
+    build: async (d, i) => { await withSnapshot(d, i); await poke(d, i, 0x70008, be32(0xffffffff)); },
+    want: { check: 2, leaks: 2, all: 2 },
+  },
+]);
+
 describe('deliberate differences from qemu-img 7.2', () => {
   test('an unaligned refcount block is repaired (qemu-img 7.2 marks the image corrupt and gives up)', async (t) => {
     if (!requireQemu(t)) return;
@@ -609,6 +692,24 @@ describe('deliberate differences from qemu-img 7.2', () => {
     const r = await qcow2kit(['check', '-r', 'leaks', img], { cwd: dir });
     assert.equal(r.code, 1);
     assert.equal(await peek64(join(dir, img), 72), 1);
+  });
+
+  test('-r all keeps the snapshots of an image with persistent bitmaps (qemu-img 7.2 drops the snapshot table)', async (t) => {
+    if (!requireQemu(t)) return;
+    const dir = await tempDir(t, 'qcow2kit-check-');
+    const img = 'img.qcow2';
+    await make(dir, img, '64M', '', ['write -P 9 0 64k']);
+    await must('qemu-img', ['snapshot', '-c', 's1', img], { cwd: dir });
+    await must('qemu-img', ['bitmap', '--add', img, 'b0'], { cwd: dir });
+    await copyFile(join(dir, img), join(dir, 'q.qcow2'));
+    // Opening read-write in check mode rewrites the header with no snapshots: QEMU 7.2 loses them.
+    await must('qemu-img', ['check', '-r', 'all', 'q.qcow2'], { cwd: dir });
+    assert.equal(await peek32(join(dir, 'q.qcow2'), 60), 0, 'qemu-img 7.2 dropped the snapshot table');
+    const ours = await qcow2kit(['check', '-r', 'all', img], { cwd: dir });
+    assert.equal(ours.code, 0, ours.stderr);
+    assert.equal(await peek32(join(dir, img), 60), 1);
+    assert.equal((await qemuImg(['check', img], { cwd: dir })).code, 0);
+    assert.match((await must('qemu-img', ['snapshot', '-l', img], { cwd: dir })).stdout, /\bs1\b/);
   });
 
   test('LUKS images are checked without the key (qemu-img needs it to open them)', async (t) => {

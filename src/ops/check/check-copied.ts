@@ -9,7 +9,7 @@ import { entryOffset } from '../../format/qcow2/table-entries.js';
 import type { CheckContext } from './check-context.js';
 import { ClusterType, clusterType } from './check-l1-l2.js';
 import { CheckAbort, type CheckResult, type FixMode } from './check-types.js';
-import { guardRepairWrite } from './repair-overlap.js';
+import { findOverlap, guardRepairWrite } from './repair-overlap.js';
 import { hex64 } from './snapshot-entry.js';
 
 const COPIED = 0x80000000;
@@ -26,15 +26,11 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
   let l1First = 0;
   let l1End = 0;
   // L1 fixes are written in batches, but always before the next L2 table write, so the order
-  // of writes (and of overlap refusals) is QEMU's.
+  // of writes is QEMU's. Each fixed entry passes QEMU's overlap check on its own when it is
+  // fixed (a refusal stops the check there, as in QEMU); entries between them are rewritten
+  // unchanged.
   const writeL1 = async (): Promise<void> => {
     if (l1Fixes === 0) return;
-    try {
-      await guardRepairWrite(ctx, img.l1Offset + l1First * 8, (l1End - l1First) * 8, ['active L1 table']);
-    } catch (e) {
-      res.checkErrors++;
-      throw e;
-    }
     await img.storage.write(img.l1.slice(l1First * 8, l1End * 8), img.l1Offset + l1First * 8);
     res.corruptions -= l1Fixes;
     res.corruptionsFixed += l1Fixes;
@@ -55,6 +51,15 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
       res.corruptions++;
       ctx.reporter.line(`${word} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1hi, l1lo)} refcount=${await ctx.disk.text(Math.floor(l2Offset / cs))}`);
       if (repair) {
+        if (findOverlap(ctx, img.l1Offset + i * 8, 8, ['active L1 table']) !== undefined) {
+          await writeL1();
+          try {
+            await guardRepairWrite(ctx, img.l1Offset + i * 8, 8, ['active L1 table']);
+          } catch (e) {
+            res.checkErrors++;
+            throw e;
+          }
+        }
         // Fixed in memory here; the L1 table is written once after the walk (a hostile
         // image can have millions of entries to fix).
         l1.setUint32(i * 8, (l2Refcount === 1 ? l1hi | COPIED : l1hi & ~COPIED) >>> 0);

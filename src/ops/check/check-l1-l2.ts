@@ -131,7 +131,9 @@ async function checkRefcountsL2(ctx: CheckContext, res: CheckResult, imrt: Refco
           break;
         }
         const d = decodeCompressed(hi, lo, img.clusterBits);
-        countReferences(ctx, res, imrt, d.hostOffset, d.length, hex64(offsetHi, lo));
+        // The length from the low bits: the offset is inexact above 2^53 (a hostile entry).
+        const sectors = ((hi & 0x3fffffff) >>> shiftHi) & ((1 << (img.clusterBits - 8)) - 1);
+        countReferences(ctx, res, imrt, d.hostOffset, (sectors + 1) * 512 - (lo & 511), hex64(offsetHi, lo));
         if (opts.fragInfo) {
           res.allocatedClusters++;
           res.compressedClusters++;

@@ -6,6 +6,7 @@
 import type { Storage } from '../../storage/storage.js';
 import { CheckImage } from './check-image.js';
 import { runCheckPass } from './check-pass.js';
+import { ReadCacheStorage } from './read-cache-storage.js';
 import { CheckAbort, FIX_ALL, FIX_LEAKS, NO_FIX, SILENT_REPORTER, type CheckReporter, type CheckResult } from './check-types.js';
 
 /** What to repair: nothing, leaked clusters only, or everything QEMU repairs. */
@@ -45,7 +46,7 @@ export interface CheckQcow2Outcome {
 export async function checkQcow2(storage: Storage, opts: CheckQcow2Options = {}): Promise<CheckQcow2Outcome> {
   const repair = opts.repair ?? 'none';
   const reporter = opts.reporter ?? SILENT_REPORTER;
-  const img = await CheckImage.open(storage, { writable: repair !== 'none' });
+  const img = await CheckImage.open(new ReadCacheStorage(storage), { writable: repair !== 'none' });
   if (repair !== 'none') await img.clearUnknownAutoclear();
   const pass = (fix: typeof NO_FIX) => runCheckPass(img, { fix, reporter, ...(opts.maxArrayBytes !== undefined ? { maxArrayBytes: opts.maxArrayBytes } : {}) });
 

@@ -41,3 +41,12 @@ describe('JSON fields', () => {
     assert.deepEqual(Object.keys(checkJsonFields(r, 'a', 'qcow2')), ['filename', 'format', 'check-errors', 'leaks', 'leaks-fixed', 'compressed-clusters']);
   });
 });
+
+describe('C int counters', () => {
+  it('wraps counts past 2^31 - 1 the way qemu-img prints them', () => {
+    const r = { ...emptyCheckResult(), corruptions: 2 ** 31 + 1 };
+    assert.match(formatCheckHuman(r), /^\n-2147483647 errors were found/);
+    assert.match(formatRepairSummary(0, 2 ** 31 + 1), / {4}-2147483647 corruptions\n/);
+    assert.equal(checkJsonFields(r, 'f', 'qcow2')['corruptions'], -2147483647);
+  });
+});

@@ -27,7 +27,8 @@ export function printfFixed2(x: number): string {
  * process.stdout.write(formatCheckHuman(result)); // "No errors were found on the image.\n..."
  * ```
  */
-export function formatCheckHuman(r: CheckResult): string {
+export function formatCheckHuman(result: CheckResult): string {
+  const r = asCInts(result);
   let out = '';
   if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) {
     out += 'No errors were found on the image.\n';
@@ -50,8 +51,21 @@ export function formatCheckHuman(r: CheckResult): string {
   return out;
 }
 
+/**
+ * QEMU counts problems in C ints: past 2^31 - 1 they wrap (a hostile snapshot count can get
+ * there), and qemu-img prints the wrapped value.
+ */
+function asCInts(r: CheckResult): CheckResult {
+  return {
+    ...r, corruptions: r.corruptions | 0, leaks: r.leaks | 0, checkErrors: r.checkErrors | 0,
+    corruptionsFixed: r.corruptionsFixed | 0, leaksFixed: r.leaksFixed | 0,
+  };
+}
+
 /** What qemu-img prints after a repairing pass, before checking again. */
-export function formatRepairSummary(leaks: number, corruptions: number): string {
+export function formatRepairSummary(leaksFixed: number, corruptionsFixed: number): string {
+  const leaks = leaksFixed | 0;
+  const corruptions = corruptionsFixed | 0;
   return `The following inconsistencies were found and repaired:\n\n    ${leaks} leaked clusters\n    ${corruptions} corruptions\n\nDouble checking the fixed image now...\n`;
 }
 
@@ -65,7 +79,8 @@ export function formatRepairSummary(leaks: number, corruptions: number): string 
  * checkJsonFields(result, 'disk.qcow2', 'qcow2'); // { filename, format, 'check-errors': 0, ... }
  * ```
  */
-export function checkJsonFields(r: CheckResult, filename: string, format: string): Record<string, string | number> {
+export function checkJsonFields(result: CheckResult, filename: string, format: string): Record<string, string | number> {
+  const r = asCInts(result);
   const obj: Record<string, string | number> = { filename, format, 'check-errors': r.checkErrors };
   const optional: Array<[string, number]> = [
     ['image-end-offset', r.imageEndOffset], ['corruptions', r.corruptions], ['leaks', r.leaks],

@@ -79,3 +79,36 @@ describe('snapshot table (iotest 261)', () => {
     ]);
   });
 });
+
+describe('snapshot table near 2^63 (fuzz findings)', () => {
+  const at = (hi: number, lo: number, nb: number): Uint8Array => {
+    const img = imageWithData(1);
+    setU32(img, 60, nb);
+    setU32(img, 64, hi);
+    setU32(img, 68, lo);
+    return img;
+  };
+
+  it('fails with EIO, as QEMU does, when a read would end past 2^63 - 2^30', async () => {
+    // 1638 entries of 40 zero bytes end exactly at the limit; one more crosses it.
+    const ok = await runCheck(at(0x7fffffff, 0xbfff0000, 1638));
+    assert.equal(ok.failure, undefined);
+    const bad = await runCheck(at(0x7fffffff, 0xbfff0000, 1639));
+    assert.equal(bad.exitCode, 1);
+    assert.equal(bad.failure?.errno, 'EIO');
+    assert.deepEqual(bad.errors, ['ERROR failed to read the snapshot table: Failed to read snapshot table: Input/output error']);
+  });
+
+  it('finds an offset of exactly 2^63 invalid (no rounding to INT64_MAX)', async () => {
+    const r = await runCheck(at(0x80000000, 0, 1));
+    assert.equal(r.failure?.errno, 'EINVAL');
+    assert.deepEqual(r.errors, ['ERROR snapshot table offset invalid']);
+  });
+
+  it('zeroes the old table when -r all frees it, as QEMU discards it', async () => {
+    const { img, offset } = withSnapshotTable(imageWithData(1), [{ id: '1', name: 'sn0', extra: new Uint8Array(0) }]);
+    const fixed = await runCheck(img, 'all');
+    assert.equal(fixed.exitCode, 0);
+    assert.ok(fixed.bytes.subarray(offset, offset + CS).every((b) => b === 0));
+  });
+});

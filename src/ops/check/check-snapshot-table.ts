@@ -8,7 +8,7 @@
  */
 import { viewOf } from '../../util/bytes.js';
 import type { CheckContext } from './check-context.js';
-import { CheckAbort, type CheckResult, type Errno, type FixMode } from './check-types.js';
+import { CheckAbort, ERRNO_TEXT, type CheckResult, type Errno, type FixMode } from './check-types.js';
 import { HEADER_NB_SNAPSHOTS } from './check-image.js';
 import { KNOWN_EXTRA_SIZE, SNAPSHOT_FIXED_SIZE, type CheckSnapshot } from './snapshot-entry.js';
 import { WindowReader } from './window-reader.js';
@@ -19,9 +19,13 @@ const MAX_TABLE_BYTES = 64 * 1024 * 1024;
 const INT_MAX = 0x7fffffff;
 const TWO_32 = 2 ** 32;
 
+/** QEMU's BDRV_MAX_LENGTH: INT64_MAX aligned down to 1 GiB; no request may end beyond it. */
+const BDRV_MAX_LENGTH = (1n << 63n) - (1n << 30n);
+const INT64_MAX = (1n << 63n) - 1n;
+
 /** A failure with QEMU's message and hint (error_setg + error_append_hint). */
 class ReadFailure {
-  constructor(readonly errno: Errno, readonly message: string, readonly hint: string) {}
+  constructor(readonly errno: Errno, readonly message: string, readonly hint: string | undefined) {}
 }
 
 export async function readSnapshotTableForCheck(ctx: CheckContext, res: CheckResult, fix: FixMode): Promise<void> {
@@ -37,8 +41,9 @@ export async function readSnapshotTableForCheck(ctx: CheckContext, res: CheckRes
     nb = MAX_SNAPSHOTS;
   }
   // QEMU's qcow2_validate_table for "snapshot table".
+  const exactBase = (BigInt(ptr.offsetHi) << 32n) | BigInt(ptr.offsetLo);
   const invalid = nb > MAX_SNAPSHOTS ? 'too large'
-    : ptr.offsetLo % img.clusterSize !== 0 || ptr.offsetHi * TWO_32 + ptr.offsetLo > 2 ** 63 - 1 - nb * SNAPSHOT_FIXED_SIZE ? 'offset invalid'
+    : ptr.offsetLo % img.clusterSize !== 0 || exactBase > INT64_MAX - BigInt(nb * SNAPSHOT_FIXED_SIZE) ? 'offset invalid'
       : undefined;
   if (invalid !== undefined) {
     res.checkErrors++;
@@ -50,9 +55,15 @@ export async function readSnapshotTableForCheck(ctx: CheckContext, res: CheckRes
   const repair = fix.errors;
   const base = ptr.offsetHi * TWO_32 + ptr.offsetLo;
   const reader = new WindowReader(img.storage);
-  // Offsets of the table are taken relative to its start; a table beyond 2^53 reads as zeros.
-  const readRel = (rel: number, length: number): Promise<Uint8Array> =>
-    Number.isSafeInteger(base + rel + length) ? reader.read(base + rel, length) : Promise.resolve(new Uint8Array(length));
+  // Offsets of the table are taken relative to its start; a table beyond 2^53 reads as zeros
+  // (far past the end of any file), and a read ending past QEMU's maximum fails as in QEMU.
+  const readRel = (rel: number, length: number): Promise<Uint8Array> => {
+    if (Number.isSafeInteger(base + rel + length)) return reader.read(base + rel, length);
+    if (exactBase + BigInt(rel) + BigInt(length) > BDRV_MAX_LENGTH) {
+      throw new ReadFailure('EIO', `Failed to read snapshot table: ${ERRNO_TEXT.EIO}`, undefined);
+    }
+    return Promise.resolve(new Uint8Array(length));
+  };
 
   const snapshots: CheckSnapshot[] = [];
   let rel = 0;
@@ -117,7 +128,7 @@ export async function readSnapshotTableForCheck(ctx: CheckContext, res: CheckRes
     if (!(e instanceof ReadFailure)) throw e;
     res.checkErrors++;
     ctx.reporter.error(`ERROR failed to read the snapshot table: ${e.message}`);
-    ctx.reporter.line(e.hint);
+    if (e.hint !== undefined) ctx.reporter.line(e.hint);
     throw new CheckAbort(e.errno);
   }
   img.snapshots = { nbSnapshots: nb, snapshotsOffset: base, snapshotsSize: rel, snapshots };

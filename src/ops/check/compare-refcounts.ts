@@ -9,6 +9,7 @@ import { decodeRefblock, diskRefcountText } from './ondisk-refcounts.js';
 import type { RebuildFlag } from './check-refblocks.js';
 import { ERRNO_TEXT, type CheckResult, type FixMode } from './check-types.js';
 import type { RefcountArray } from './refcount-array.js';
+import { FreedClusters } from './freed-clusters.js';
 
 /** Returns the highest cluster index in use on disk or in memory (QEMU's highest_cluster). */
 export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix: FixMode, flag: RebuildFlag, imrt: RefcountArray): Promise<number> {
@@ -17,6 +18,9 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
   const order = img.refcountOrder;
   const nb = imrt.size;
   let highest = 0;
+  // QEMU discards a cluster whose refcount a leak repair brings to 0 (the file then reads
+  // zeros there); runs of such clusters are zeroed in one write.
+  const freed = new FreedClusters(ctx);
   for (let start = 0; start < nb; start += per) {
     const block = await ctx.disk.lookup(start / per);
     const values = block.kind === 'block' ? decodeRefblock(block.bytes, order) : undefined;
@@ -40,6 +44,7 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
       ctx.reporter.line(`${what} cluster ${i} refcount=${onDiskText} reference=${counted}`);
       if (fixes !== undefined) {
         await ctx.disk.set(i, counted);
+        if (fixes === 'leaks' && counted === 0) await freed.add(i);
         if (fixes === 'leaks') res.leaksFixed++;
         else res.corruptionsFixed++;
         continue;
@@ -48,5 +53,6 @@ export async function compareRefcounts(ctx: CheckContext, res: CheckResult, fix:
       else res.leaks++;
     }
   }
+  await freed.flush();
   return highest;
 }

@@ -11,7 +11,9 @@ import { guardRepairWrite } from './repair-overlap.js';
 import { hex64Alt } from './snapshot-entry.js';
 import type { CheckReporter, Errno } from './check-types.js';
 
-const CACHE_BLOCKS = 32;
+/** Refcount blocks kept in memory: a byte budget, so small clusters get many blocks. */
+const CACHE_BYTES = 8 * 1024 * 1024;
+const MIN_CACHE_BLOCKS = 32;
 /** QEMU refuses I/O beyond BDRV_MAX_LENGTH (about 2^63); the top 2^30 are a safe margin. */
 const MAX_IO_HI = 0x7fffffff;
 
@@ -41,6 +43,23 @@ export function decodeRefblock(block: Uint8Array, order: number): Float64Array {
     }
   }
   return out;
+}
+
+/** One entry of an on-disk refcount block, as {@link decodeRefblock} would give it. */
+export function refcountAt(block: Uint8Array, index: number, order: number, v: DataView): number {
+  switch (order) {
+    case 6: {
+      const hi = v.getUint32(index * 8);
+      return hi > 0x1fffff ? Number.POSITIVE_INFINITY : hi * TWO_32 + v.getUint32(index * 8 + 4);
+    }
+    case 5: return v.getUint32(index * 4);
+    case 4: return v.getUint16(index * 2);
+    case 3: return block[index]!;
+    default: {
+      const bits = 2 ** order;
+      return (block[(index * bits) >>> 3]! >>> ((index * bits) & 7)) & ((1 << bits) - 1);
+    }
+  }
 }
 
 /** Decimal text of an on-disk refcount (exact for 64-bit values). */
@@ -76,12 +95,16 @@ export class OnDiskRefcounts {
   readonly #img: CheckImage;
   readonly #reporter: CheckReporter;
   readonly #cache = new Map<number, CachedBlock>();
-  /** The block last read through `get`, decoded (consecutive clusters mostly share one). */
-  #memo: { index: number; found: RefblockLookup; values: Float64Array | undefined } | undefined;
+  /** The block last found through `get` (consecutive clusters mostly share one). */
+  #memo: { index: number; found: RefblockLookup; view: DataView | undefined } | undefined;
+  readonly #maxBlocks: number;
+  /** The most recently used cached block (already last in the LRU order). */
+  #mru = -1;
 
   constructor(img: CheckImage, reporter: CheckReporter) {
     this.#img = img;
     this.#reporter = reporter;
+    this.#maxBlocks = Math.max(MIN_CACHE_BLOCKS, Math.floor(CACHE_BYTES / img.clusterSize));
   }
 
   /** The refcount block holding cluster indexes [index * entries, (index + 1) * entries). */
@@ -110,15 +133,20 @@ export class OnDiskRefcounts {
     let memo = this.#memo;
     if (memo === undefined || memo.index !== index) {
       const found = await this.lookup(index);
-      memo = { index, found, values: found.kind === 'block' ? decodeRefblock(found.bytes, this.#img.refcountOrder) : undefined };
+      memo = { index, found, view: found.kind === 'block' ? viewOf(found.bytes) : undefined };
       this.#memo = memo;
     }
-    if (memo.found.kind === 'error') return memo.found.errno;
-    return memo.values === undefined ? 0 : memo.values[cluster % per]!;
+    const found = memo.found;
+    if (found.kind === 'error') return found.errno;
+    if (found.kind === 'none') return 0;
+    return refcountAt(found.bytes, cluster % per, this.#img.refcountOrder, memo.view!);
   }
 
   /** Decimal text of the refcount `get` returned for `cluster` (exact above 2^53). */
   async text(cluster: number): Promise<string> {
+    const r = await this.get(cluster);
+    if (typeof r !== 'number') return '0';
+    if (Number.isFinite(r)) return String(r); // exact below 2^53
     const per = this.#img.refblockEntries;
     const found = await this.lookup(Math.floor(cluster / per));
     if (found.kind !== 'block') return '0';
@@ -140,7 +168,9 @@ export class OnDiskRefcounts {
 
   /** Put a freshly written refcount block into the cache (allocator). */
   adopt(offset: number, bytes: Uint8Array): void {
+    this.#cache.delete(offset);
     this.#cache.set(offset, { bytes, dirty: false });
+    this.#mru = offset;
     this.#memo = undefined;
   }
 
@@ -161,6 +191,7 @@ export class OnDiskRefcounts {
   /** Forget cached blocks (after the refcount structure was replaced). Flush first if needed. */
   clear(): void {
     this.#cache.clear();
+    this.#mru = -1;
     this.#memo = undefined;
   }
 
@@ -177,11 +208,14 @@ export class OnDiskRefcounts {
   async #load(offset: number): Promise<Uint8Array> {
     const hit = this.#cache.get(offset);
     if (hit !== undefined) {
-      this.#cache.delete(offset);
-      this.#cache.set(offset, hit);
+      if (offset !== this.#mru) {
+        this.#cache.delete(offset);
+        this.#cache.set(offset, hit);
+        this.#mru = offset;
+      }
       return hit.bytes;
     }
-    while (this.#cache.size >= CACHE_BLOCKS) {
+    while (this.#cache.size >= this.#maxBlocks) {
       const [oldest, b] = this.#cache.entries().next().value as [number, CachedBlock];
       if (b.dirty) await this.#writeBack(oldest, b);
       this.#cache.delete(oldest);
@@ -189,6 +223,7 @@ export class OnDiskRefcounts {
     const bytes = new Uint8Array(this.#img.clusterSize);
     await this.#img.storage.read(bytes, offset);
     this.#cache.set(offset, { bytes, dirty: false });
+    this.#mru = offset;
     return bytes;
   }
 }

@@ -8,8 +8,12 @@
 import { viewOf, writeU64 } from '../../util/bytes.js';
 import { setRefcount } from '../../format/qcow2/refcount-codec.js';
 import type { CheckContext } from './check-context.js';
-import { CheckAbort } from './check-types.js';
-import { guardRepairWrite } from './repair-overlap.js';
+import { FreedClusters } from './freed-clusters.js';
+import { CheckAbort, ERRNO_TEXT } from './check-types.js';
+
+/** QEMU's QCOW_MAX_REFTABLE_SIZE (8 MiB) in entries: a table cannot grow past it. */
+const MAX_REFTABLE_ENTRIES = (8 * 1024 * 1024) / 8;
+import { guardRepairWrite, refcountTableChanged } from './repair-overlap.js';
 
 export class RepairAllocator {
   readonly #ctx: CheckContext;
@@ -54,7 +58,19 @@ export class RepairAllocator {
     if (bytes <= 0) return;
     const ctx = this.#ctx;
     const cs = ctx.img.clusterSize;
+    const freed = new FreedClusters(ctx);
     for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) {
+      const tableIndex = Math.floor(c / ctx.img.refblockEntries);
+      if (tableIndex >= MAX_REFTABLE_ENTRIES) {
+        // QEMU first allocates (and zeroes) a refcount block for the cluster, then fails to
+        // grow the refcount table that far: the new block stays allocated, a leak.
+        const block = await this.allocate(cs);
+        await guardRepairWrite(ctx, block, cs, ['refcount block']);
+        await ctx.img.storage.write(new Uint8Array(cs), block);
+        await ctx.img.refreshFileSize();
+        ctx.reporter.line(`qcow2_free_clusters failed: ${ERRNO_TEXT.EFBIG}`);
+        return;
+      }
       const r = await ctx.disk.get(c);
       if (typeof r !== 'number') throw new CheckAbort(r);
       // 0: QEMU refuses to go negative; a 64-bit refcount of 2^53 or more cannot be decremented exactly here.
@@ -63,8 +79,10 @@ export class RepairAllocator {
         return;
       }
       await ctx.disk.set(c, r - 1);
+      if (r === 1) await freed.add(c);
     }
     await ctx.disk.flush();
+    await freed.flush();
   }
 
   async #findFree(count: number): Promise<number> {
@@ -108,6 +126,7 @@ export class RepairAllocator {
     await img.storage.write(entry, img.reftableOffset + idx * 8);
     await img.storage.flush();
     img.reftable.set(entry, idx * 8);
+    refcountTableChanged(img);
     ctx.disk.adopt(at * cs, block);
   }
 }
