@@ -7,7 +7,7 @@
 import { viewOf } from '../../util/bytes.js';
 import { entryOffset } from '../../format/qcow2/table-entries.js';
 import type { CheckContext } from './check-context.js';
-import { ClusterType, clusterType } from './check-l1-l2.js';
+import { ClusterType, clusterType, isZeroEntry } from './check-l1-l2.js';
 import { CheckAbort, type CheckResult, type FixMode } from './check-types.js';
 import { findOverlap, guardRepairWrite } from './repair-overlap.js';
 import { hex64 } from './snapshot-entry.js';
@@ -22,6 +22,8 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
   const l1 = viewOf(img.l1);
   const table = new Uint8Array(cs);
   const v = viewOf(table);
+  const words = new Uint32Array(table.buffer);
+  const wordsPerEntry = img.l2EntrySize >>> 2;
   let l1Fixes = 0;
   let l1First = 0;
   let l1End = 0;
@@ -70,11 +72,13 @@ export async function checkOflagCopied(ctx: CheckContext, res: CheckResult, fix:
     }
     // An L2 table lying on the pending L1 fixes must see them, as it would in QEMU.
     if (l1Fixes > 0 && l2Offset < img.l1Offset + l1End * 8 && img.l1Offset + l1First * 8 < l2Offset + cs) await writeL1();
-    // Past the end of the file the table reads as zeros; never read a made-up offset.
-    if (l2Offset < img.fileSize) await img.storage.read(table, l2Offset);
-    else table.fill(0);
+    // Past the end of the file the table reads as zeros, which need nothing; never read a
+    // made-up offset.
+    if (l2Offset >= img.fileSize) continue;
+    await img.storage.read(table, l2Offset);
     let dirty = 0;
     for (let j = 0; j < img.l2Entries; j++) {
+      if (isZeroEntry(words, j * wordsPerEntry, wordsPerEntry)) continue;
       const at = j * img.l2EntrySize;
       const hi = v.getUint32(at);
       const lo = v.getUint32(at + 4);

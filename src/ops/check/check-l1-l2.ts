@@ -92,14 +92,19 @@ async function checkRefcountsL2(ctx: CheckContext, res: CheckResult, imrt: Refco
   const cs = img.clusterSize;
   const ext = img.extendedL2;
   const entrySize = img.l2EntrySize;
+  // Past the end of the file a table reads as zeros (as QEMU's reads do), and zero entries
+  // need nothing: never ask the storage for offsets a hostile L1 entry made up, and do not
+  // walk the table again for each of the (possibly millions of) L1 entries naming it.
+  if (l2Offset >= img.fileSize) return;
   const table = new Uint8Array(cs);
-  // Past the end of the file a table reads as zeros (as QEMU's reads do); never ask the
-  // storage for offsets a hostile L1 entry made up.
-  if (l2Offset < img.fileSize) await img.storage.read(table, l2Offset);
+  await img.storage.read(table, l2Offset);
   const v = viewOf(table);
+  const words = new Uint32Array(table.buffer, 0, cs >>> 2);
+  const wordsPerEntry = entrySize >>> 2;
   const report = (text: string): void => ctx.reporter.line(text);
   let nextContiguous = 0;
   for (let i = 0; i < img.l2Entries; i++) {
+    if (isZeroEntry(words, i * wordsPerEntry, wordsPerEntry)) continue;
     const at = i * entrySize;
     let hi = v.getUint32(at);
     const lo = v.getUint32(at + 4);
@@ -208,4 +213,9 @@ async function fixL2EntryByZero(ctx: CheckContext, res: CheckResult, table: Uint
     v.setUint32(at + 4, 1);
   }
   await img.storage.write(table.slice(at, at + img.l2EntrySize), l2Offset + at);
+}
+
+/** True when the L2 entry at word `w` (2 or 4 words) is all zero: unallocated, nothing to check. */
+export function isZeroEntry(words: Uint32Array, w: number, wordsPerEntry: number): boolean {
+  return words[w] === 0 && words[w + 1] === 0 && (wordsPerEntry === 2 || (words[w + 2] === 0 && words[w + 3] === 0));
 }
