@@ -5,6 +5,14 @@ import { SECTOR } from './sector-scan.js';
 /** How a run of source bytes must be copied. */
 export type SourceRunKind = 'data' | 'zero';
 
+/** A run of the source with one status. */
+export interface SourceRun {
+  kind: SourceRunKind;
+  length: number;
+  /** Stored compressed: block status answers one cluster at a time for these. */
+  compressed: boolean;
+}
+
 /** qemu's BDRV_REQUEST_MAX_SECTORS in bytes: the longest block-status query qemu-img makes. */
 export const MAX_STATUS_QUERY = Math.floor(0x7fffffff / SECTOR) * SECTOR;
 
@@ -49,13 +57,13 @@ export class ConcatSource {
    * never crossing a source boundary. Lengths are rounded up to whole sectors as qemu-img
    * does, so every run starts on a sector boundary.
    */
-  async status(offset: number, maxLength: number): Promise<{ kind: SourceRunKind; length: number }> {
+  async status(offset: number, maxLength: number): Promise<SourceRun> {
     const i = this.#locate(offset);
     const reader = this.#readers[i]!;
     const base = this.#starts[i]!;
     const end = Math.min(this.#starts[i + 1]!, offset + maxLength);
     const local = offset - base;
-    if (local >= reader.size) return { kind: 'zero', length: end - offset }; // sector padding
+    if (local >= reader.size) return { kind: 'zero', length: end - offset, compressed: false }; // sector padding
     const st = await reader.blockStatus(local, Math.min(end - base, reader.size) - local);
     if (!(st.length > 0) || st.offset !== local) {
       throw new Qcow2Error('INVALID_IMAGE', `Block status at ${local} returned an invalid run`, { offset: local, length: st.length });
@@ -63,7 +71,7 @@ export class ConcatSource {
     let runEnd = base + local + st.length;
     runEnd = Math.min(Math.ceil(runEnd / SECTOR) * SECTOR, end);
     // Zeros are skipped; anything else (data, or unallocated with nothing below) is read.
-    return { kind: st.zero ? 'zero' : 'data', length: runEnd - offset };
+    return { kind: st.zero ? 'zero' : 'data', length: runEnd - offset, compressed: st.compressed };
   }
 
   /** Fill `dst` with the concatenated bytes at `offset`. */

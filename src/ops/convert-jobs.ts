@@ -1,5 +1,5 @@
 import { Qcow2Error } from '../errors.js';
-import { type ConcatSource, MAX_STATUS_QUERY, type SourceRunKind } from './concat-source.js';
+import { type ConcatSource, MAX_STATUS_QUERY, type SourceRun, type SourceRunKind } from './concat-source.js';
 
 /** One piece of a conversion: a data range to read and write, or a zero range. */
 export interface Job {
@@ -41,6 +41,14 @@ export class JobCutter {
       const run = await statusAt(this.#source, this.#pos, Math.min(size - this.#pos, MAX_STATUS_QUERY));
       this.#kind = run.kind;
       this.#runEnd = this.#pos + run.length;
+      // Compressed clusters come one per status answer; a job per cluster would read and decode
+      // them one at a time. Neighbours that are compressed too join the job, up to a buffer.
+      let last = run;
+      while (last.compressed && this.#runEnd - this.#pos < this.#bufferSize && this.#runEnd < size) {
+        last = await statusAt(this.#source, this.#runEnd, Math.min(size - this.#runEnd, MAX_STATUS_QUERY));
+        if (!last.compressed || last.kind !== run.kind) break; // asked again when the job gets there
+        this.#runEnd += last.length;
+      }
     }
     let length = this.#runEnd - this.#pos;
     // Data goes through a buffer; so do zeros that must be written out in full (-S 0).
@@ -61,7 +69,7 @@ export class JobCutter {
   }
 }
 
-async function statusAt(source: ConcatSource, offset: number, maxLength: number): Promise<{ kind: SourceRunKind; length: number }> {
+async function statusAt(source: ConcatSource, offset: number, maxLength: number): Promise<SourceRun> {
   try {
     return await source.status(offset, maxLength);
   } catch (e) {
