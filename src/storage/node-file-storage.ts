@@ -107,7 +107,7 @@ export function fileError(name: string, e: unknown): Qcow2Error {
   const err = e as NodeJS.ErrnoException;
   if (err.code === 'ENOENT') return new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { path: name });
   if (err.code === 'EACCES' || err.code === 'EPERM') return new Qcow2Error('IO', `Could not open '${name}': Permission denied`, { path: name });
-  if (err.code === 'EISDIR') return notRegularFile(name);
+  if (err.code === 'EISDIR') return new Qcow2Error('IO', `Could not open '${name}': Is a directory`, { path: name });
   return new Qcow2Error('IO', `Could not open '${name}': ${err.message}`, { path: name }, { cause: e });
 }
 
