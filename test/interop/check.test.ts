@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { copyFile, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
-import { must, patchFile, qcow2kit, qemuImg, readAt, requireQemu, tempDir, type RunResult } from './helpers.js';
+import { createLuksQcow2, must, patchFile, qcow2kit, qemuImg, readAt, requireQemu, tempDir, type RunResult } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -716,9 +716,9 @@ describe('deliberate differences from qemu-img 7.2', () => {
     if (!requireQemu(t)) return;
     const dir = await tempDir(t, 'qcow2kit-check-');
     const img = 'img.qcow2';
-    const secret = ['--object', 'secret,id=s0,data=pw'];
-    await must('qemu-img', ['create', '-q', '-f', 'qcow2', ...secret, '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100', img, '16M'], { cwd: dir });
-    const opts = `driver=qcow2,file.filename=${img},encrypt.key-secret=s0`;
+    const secret = ['--object', 'secret,id=sec0,data=pw'];
+    await createLuksQcow2(dir, img, '16M', 'pw');
+    const opts = `driver=qcow2,file.filename=${img},encrypt.key-secret=sec0`;
     await must('qemu-io', [...secret, '--image-opts', opts, '-c', 'write -P 3 0 1M'], { cwd: dir });
     const q = await qemuImg(['check', ...secret, '--image-opts', opts], { cwd: dir });
     const ours = await qcow2kit(['check', img], { cwd: dir });

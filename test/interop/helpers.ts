@@ -114,6 +114,23 @@ export async function must(cmd: 'qemu-img' | 'qemu-io', args: readonly string[],
   return check(await run(cmd, args, opts));
 }
 
+/**
+ * Creates a LUKS-encrypted qcow2 image whose key is the secret object `sec0` holding `password`.
+ * qemu-img times a first PBKDF run before it sizes the iteration count and gives up with "Unable
+ * to get accurate CPU usage" when the thread's CPU clock has not moved (coarse accounting on
+ * some machines), so that one failure is retried.
+ */
+export async function createLuksQcow2(dir: string, name: string, size: string, password = '123456'): Promise<RunResult> {
+  const args = [
+    'create', '-q', '-f', 'qcow2', '--object', `secret,id=sec0,data=${password}`,
+    '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100', name, size,
+  ];
+  for (let attempt = 1; ; attempt++) {
+    const r = await qemuImg(args, { cwd: dir });
+    if (r.code === 0 || attempt === 8 || !r.stderr.includes('Unable to get accurate CPU usage')) return check(r);
+  }
+}
+
 let qemuAvailable: boolean | undefined;
 
 /** True when qemu-img and qemu-io can be run. */
