@@ -22,7 +22,7 @@ interface OldEntry {
 
 /** How one run of a write is carried out. */
 type Plan =
-  | { kind: 'inplace'; host: number; length: number }
+  | { kind: 'inplace'; host: number; firstCluster: number; old: OldEntry[]; length: number }
   | { kind: 'alloc'; host: number; clusters: number; firstCluster: number; old: OldEntry[]; length: number };
 
 const ALL_SUBCLUSTERS = 0xffffffff;
@@ -643,8 +643,7 @@ export class Qcow2Writer implements DriverWriter {
     const plan = await s.lock.run(() => this.#plan(l1Index, pos, end));
     const length = plan.length;
     if (plan.kind === 'inplace') {
-      await this.#guard(plan.host, length);
-      await s.meta.dataStorage.write(data.subarray(0, length), plan.host);
+      await this.#writeInPlace(l1Index, plan, pos, data.subarray(0, length), below);
       return length;
     }
     // Build the whole written region: copy-on-write head, the data, copy-on-write tail.
@@ -699,6 +698,61 @@ export class Qcow2Writer implements DriverWriter {
     return length;
   }
 
+  /**
+   * Write into clusters we own. Where the old content is not data (a zero cluster, or zero and
+   * unallocated subclusters) the write widens to whole (sub)clusters filled from the old
+   * content, and their entries then mark them allocated, as QEMU's in-place copy-on-write does.
+   */
+  async #writeInPlace(l1Index: number, plan: Plan & { kind: 'inplace' }, pos: number, data: Uint8Array, below: BelowReader): Promise<void> {
+    const s = this.#s;
+    const cs = s.clusterSize;
+    const grain = this.#ext ? cs / 32 : cs;
+    const first = plan.firstCluster;
+    const headOld = plan.old[0]!;
+    const tailOld = plan.old[plan.old.length - 1]!;
+    const dataEnd = pos + data.byteLength;
+    const lastStart = (first + plan.old.length - 1) * cs;
+    const regionStart = this.#holdsData(headOld, pos - first * cs) ? pos : Math.floor(pos / grain) * grain;
+    const regionEnd = this.#holdsData(tailOld, dataEnd - 1 - lastStart) ? dataEnd : Math.min(lastStart + cs, Math.ceil(dataEnd / grain) * grain);
+    let region = data;
+    if (regionStart < pos || regionEnd > dataEnd) {
+      region = new Uint8Array(regionEnd - regionStart);
+      if (pos > regionStart) await this.#readOld(headOld, first * cs, region.subarray(0, pos - regionStart), regionStart, below);
+      region.set(data, pos - regionStart);
+      if (regionEnd > dataEnd) await this.#readOld(tailOld, lastStart, region.subarray(dataEnd - regionStart), dataEnd, below);
+    }
+    const host = plan.host - (pos - regionStart);
+    await this.#guard(host, region.byteLength);
+    await s.meta.dataStorage.write(region, host);
+    if (plan.old.every((o) => this.#clusterType(o) === 'normal' && (!this.#ext || o.allocBits === ALL_SUBCLUSTERS))) return;
+    await s.lock.run(async () => {
+      const { offset: l2Offset, table } = await this.#writableL2(l1Index);
+      const l2Entries = s.meta.l2Entries;
+      for (let i = 0; i < plan.old.length; i++) {
+        const old = plan.old[i]!;
+        const cStart = (first + i) * cs;
+        const [hi, lo] = encodeStandard(this.#hostOf(old), true);
+        let allocBits = 0;
+        let zeroBits = 0;
+        if (this.#ext) {
+          const from = Math.floor((Math.max(regionStart, cStart) - cStart) / grain);
+          const to = Math.ceil((Math.min(regionEnd, cStart + cs) - cStart) / grain);
+          const mask = subclusterMask(from, to);
+          allocBits = (old.allocBits | mask) >>> 0;
+          zeroBits = (old.zeroBits & ~mask) >>> 0;
+        }
+        this.#setEntry(table, (first + i) % l2Entries, hi, lo, zeroBits, allocBits);
+      }
+      s.l2.markDirty(l2Offset);
+    });
+  }
+
+  /** True when byte `at` of the cluster described by `e` is stored data (not zero, not below). */
+  #holdsData(e: OldEntry, at: number): boolean {
+    if (this.#clusterType(e) !== 'normal') return false;
+    return !this.#ext || ((e.allocBits >>> Math.floor(at / (this.#s.clusterSize / 32))) & 1) === 1;
+  }
+
   /** Decide how to write [pos, end) (within one L2 table). Runs with the lock held. */
   async #plan(l1Index: number, pos: number, end: number): Promise<Plan> {
     const s = this.#s;
@@ -707,32 +761,30 @@ export class Qcow2Writer implements DriverWriter {
     const { table } = await this.#writableL2(l1Index);
     const firstCluster = Math.floor(pos / cs);
     const firstOld = this.#readEntry(table, firstCluster % l2Entries);
-    const subSize = cs / 32;
-    const clusterEndOf = (c: number): number => Math.min(end, (c + 1) * cs);
-    const writableInPlace = (c: number, e: OldEntry): boolean => {
-      if (this.#clusterType(e) !== 'normal' || !isCopied(e.hi)) return false;
-      if (!this.#ext) return true;
-      const from = Math.floor((Math.max(pos, c * cs) - c * cs) / subSize);
-      const to = Math.ceil((clusterEndOf(c) - c * cs) / subSize);
-      const mask = subclusterMask(from, to);
-      return (e.allocBits & mask) >>> 0 === mask;
+    // As QEMU: a cluster of ours (COPIED) is written where it is, even where it reads as zeros
+    // or has unallocated subclusters; those parts are filled in place (see #writeInPlace).
+    const writableInPlace = (e: OldEntry): boolean => {
+      const type = this.#clusterType(e);
+      return (type === 'normal' || type === 'zero-alloc') && isCopied(e.hi);
     };
-    if (writableInPlace(firstCluster, firstOld)) {
-      const host0 = this.#hostOf(firstOld) ;
+    if (writableInPlace(firstOld)) {
+      const host0 = this.#hostOf(firstOld);
+      const old = [firstOld];
       let c = firstCluster + 1;
       while (c * cs < end) {
         const e = this.#readEntry(table, c % l2Entries);
-        if (!writableInPlace(c, e) || this.#hostOf(e) !== host0 + (c - firstCluster) * cs) break;
+        if (!writableInPlace(e) || this.#hostOf(e) !== host0 + (c - firstCluster) * cs) break;
+        old.push(e);
         c++;
       }
-      return { kind: 'inplace', host: host0 + (pos - firstCluster * cs), length: Math.min(end, c * cs) - pos };
+      return { kind: 'inplace', host: host0 + (pos - firstCluster * cs), firstCluster, old, length: Math.min(end, c * cs) - pos };
     }
     // Allocate a run of clusters that all need it (stop at the first in-place one).
     const old: OldEntry[] = [firstOld];
     let c = firstCluster + 1;
     while (c * cs < end) {
       const e = this.#readEntry(table, c % l2Entries);
-      if (writableInPlace(c, e)) break;
+      if (writableInPlace(e)) break;
       old.push(e);
       c++;
     }

@@ -40,6 +40,8 @@ export class Refcounts {
   readonly #diskCopies = new Map<number, Uint8Array>();
   /** Lowest cluster index that may be free. */
   #freeHint = 0;
+  /** Runs taken but not yet counted (while the refblocks they need are created): not free. */
+  readonly #reserved: { start: number; count: number }[] = [];
   /** First cluster index past everything allocated or present in the file. */
   #end: number;
   /** Clusters of old refcount tables to free once the header points elsewhere. */
@@ -127,21 +129,19 @@ export class Refcounts {
   }
 
   async #allocate(count: number): Promise<number> {
-    for (;;) {
-      const start = await this.#findFree(count);
-      // Refblocks for the run first: creating one takes a cluster, maybe from this run.
+    const start = await this.#findFree(count);
+    if (start === 0) throw new Qcow2Error('CORRUPT', 'Preventing invalid allocation at offset 0', {});
+    // As in QEMU, the run is taken first and the refblocks it needs go after it, so that both
+    // tools lay out the same image.
+    if (start === this.#freeHint) this.#freeHint = start + count;
+    if (start + count > this.#end) this.#end = start + count;
+    await this.#whileReserved(start, count, async () => {
       const firstIdx = Math.floor(start / this.#entriesPerBlock);
       const lastIdx = Math.floor((start + count - 1) / this.#entriesPerBlock);
       for (let idx = firstIdx; idx <= lastIdx; idx++) await this.#block(idx * this.#entriesPerBlock, true);
-      let ok = true;
-      for (let c = start; c < start + count && ok; c++) ok = await this.#isFree(c);
-      if (!ok) continue;
-      await this.update(start * this.#clusterSize, count, 1);
-      if (start === this.#freeHint) this.#freeHint = start + count;
-      if (start + count > this.#end) this.#end = start + count;
-      if (start === 0) throw new Qcow2Error('CORRUPT', 'Preventing invalid allocation at offset 0', {});
-      return start * this.#clusterSize;
-    }
+    });
+    await this.update(start * this.#clusterSize, count, 1);
+    return start * this.#clusterSize;
   }
 
   /** Release `count` clusters from `offset` (refcount - 1). */
@@ -253,6 +253,8 @@ export class Refcounts {
     if (atIdx === idx) {
       setRefcount(block, at % this.#entriesPerBlock, this.#order, 1); // the block describes itself
     } else {
+      // Counted in another refblock, which may have to be created first: not there.
+      await this.#whileReserved(at, 1, () => this.#block(at, true));
       await this.update(offset, 1, 1);
     }
   }
@@ -277,7 +279,17 @@ export class Refcounts {
     await this.update(start * this.#clusterSize, clusters, 1);
   }
 
+  async #whileReserved<T>(start: number, count: number, fn: () => Promise<T>): Promise<T> {
+    this.#reserved.push({ start, count });
+    try {
+      return await fn();
+    } finally {
+      this.#reserved.pop();
+    }
+  }
+
   async #isFree(cluster: number): Promise<boolean> {
+    if (this.#reserved.some((r) => cluster >= r.start && cluster < r.start + r.count)) return false;
     const off = this.#blockOffset(cluster);
     if (off === 0) return this.#noTableUses(cluster);
     const block = await this.#blocks.get(off);

@@ -1,0 +1,38 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { MemoryStorage } from '../../storage/memory-storage.js';
+import { Refcounts } from './refcounts.js';
+
+const CS = 512;
+
+/**
+ * 512-byte clusters with 64-bit refcounts (64 clusters per refblock): cluster 0 a header,
+ * cluster 1 the refcount table, cluster 2 the refblock covering clusters 0-63.
+ */
+async function tiny(): Promise<Refcounts> {
+  const bytes = new Uint8Array(3 * CS);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(CS, BigInt(2 * CS)); // reftable[0] -> refblock at cluster 2
+  for (const c of [0, 1, 2]) view.setBigUint64(2 * CS + c * 8, 1n);
+  return Refcounts.open(new MemoryStorage(bytes), 9, 6, { offset: CS, clusters: 1 });
+}
+
+describe('Refcounts allocation lays clusters out as QEMU does', () => {
+  test('a run reaching an uncovered range gets its refblock right after it', async () => {
+    const rc = await tiny();
+    assert.equal(await rc.allocate(70), 3 * CS); // clusters 3-72, into the second refblock's range
+    for (const c of [3, 63, 64, 72, 73]) assert.equal(await rc.get(c), 1, `cluster ${c}`);
+    assert.equal(await rc.get(74), 0);
+    assert.equal(await rc.allocate(1), 74 * CS);
+  });
+
+  test('a refblock outside its own range is counted by the next one, never placed twice', async () => {
+    const rc = await tiny();
+    assert.equal(await rc.allocate(61), 3 * CS); // fills the first range exactly
+    // Clusters 64-127 need refblock 1; it lands at 128 (range 2), whose refblock goes to 129.
+    assert.equal(await rc.allocate(64), 64 * CS);
+    assert.equal(await rc.get(128), 1);
+    assert.equal(await rc.get(129), 1);
+    assert.equal(await rc.allocate(1), 130 * CS);
+  });
+});
