@@ -291,8 +291,10 @@ async function convertToQcow2(io: CliIO, s: Settings, sources: readonly Image[],
   }
   const image = await openCliImage(outName, { format: 'qcow2', writable: true });
   if (image.size < total) throw new CliError('output file is smaller than input file');
-  const out = createImageTarget(image, { zeroInitialized: !s.skipCreate || s.targetIsZero, compress: s.compress });
-  await convertImage(sources, s.compress ? { ...out, compressedClusterSize: image.driver.clusterSize } : out, {
+  const zeroInitialized = !s.skipCreate || s.targetIsZero;
+  const out = createImageTarget(image, { zeroInitialized, compress: s.compress });
+  const whole = !s.compress && zeroInitialized && isEmptyPlainQcow2(image) ? { wholeClusterSize: image.driver.clusterSize } : {};
+  await convertImage(sources, s.compress ? { ...out, compressedClusterSize: image.driver.clusterSize } : { ...out, ...whole }, {
     minSparse: s.minSparse,
     parallel: s.parallel,
     ...(s.inOrder ? {} : { inOrder: false }),
@@ -302,6 +304,18 @@ async function convertToQcow2(io: CliIO, s: Settings, sources: readonly Image[],
   await image.flush();
   bar?.end();
   return image;
+}
+
+/**
+ * A qcow2 image with no cluster allocated, no backing file, no subclusters and no raw data file:
+ * a partly written cluster then holds zeros in the rest, as if written whole.
+ */
+function isEmptyPlainQcow2(image: Image): boolean {
+  const d = image.driver;
+  if (!(d instanceof Qcow2Driver) || image.backing !== undefined || d.meta.extendedL2 || d.meta.dataFileRaw) return false;
+  const { l1, l1Entries } = d.state;
+  for (let i = 0; i < l1Entries; i++) if (l1.getUint32(i * 8) !== 0 || l1.getUint32(i * 8 + 4) !== 0) return false;
+  return true;
 }
 
 /** `--bitmaps`: every persistent bitmap of the (single, qcow2) source, with its bits and flags. */

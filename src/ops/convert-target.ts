@@ -21,6 +21,12 @@ export interface ConvertTarget {
    * does for compressed output.
    */
   readonly compressedClusterSize?: number;
+  /**
+   * Set when writing part of a cluster of this size stores the same bytes as writing the whole
+   * cluster with the rest zero (a new qcow2 image without backing file or subclusters):
+   * `convertImage` then writes clusters that hold data whole.
+   */
+  readonly wholeClusterSize?: number;
   /** Write guest bytes at `offset`. */
   write(src: Uint8Array, offset: number): Promise<void>;
   /** Make `[offset, offset + length)` read as zeros. */

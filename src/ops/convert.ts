@@ -123,16 +123,32 @@ export async function convertImage(
     }
   };
 
+  // Clusters holding data are written whole (zeros included) where that stores the same bytes
+  // as writing only their non-zero sectors: fewer, larger writes and no copy-on-write padding.
+  // Zero runs of -S or longer always cover whole clusters then, so the same clusters are skipped.
+  const fill = cluster === 0 && target.wholeClusterSize !== undefined && minSparse <= target.wholeClusterSize ? target.wholeClusterSize : 0;
+
   const writeData = async (buf: Uint8Array, words: Int32Array, job: Job): Promise<void> => {
     if (zeroAsData) {
       await target.write(buf.subarray(0, job.length), job.offset);
       result.bytesWritten += job.length;
       return;
     }
-    if (cluster > 0) return writeClusters(buf, job);
-    const sectors = job.length / SECTOR;
+    if (cluster > 0) return writeClusters(buf, job, 0, job.length, cluster);
+    if (fill === 0) return writeSectors(buf, words, job, 0, job.length);
+    // Edges of the job that cover part of a cluster go sector by sector.
+    const head = Math.min(job.length, Math.ceil(job.offset / fill) * fill - job.offset);
+    const tail = Math.max(head, Math.floor((job.offset + job.length) / fill) * fill - job.offset);
+    await writeSectors(buf, words, job, 0, head);
+    await writeClusters(buf, job, head, tail, fill);
+    await writeSectors(buf, words, job, tail, job.length);
+  };
+
+  // Non-zero sector runs of [from, to) of the job, zero runs skipped with qemu-img's -S rules.
+  const writeSectors = async (buf: Uint8Array, words: Int32Array, job: Job, from: number, to: number): Promise<void> => {
+    const sectors = to / SECTOR;
     const sectorNum = job.offset / SECTOR;
-    let first = 0;
+    let first = from / SECTOR;
     while (first < sectors) {
       const run = allocatedRunMin(words, first, sectors - first, sectorNum + first, minSectors, alignment);
       const n = run < 0 ? -run : run;
@@ -149,13 +165,14 @@ export async function convertImage(
     }
   };
 
-  // Compressed output: each cluster is written whole, or skipped only when all zero.
-  const writeClusters = async (buf: Uint8Array, job: Job): Promise<void> => {
-    let pos = 0;
-    while (pos < job.length) {
-      const zero = rangeIsZero(buf, pos, Math.min(pos + cluster, job.length));
-      let end = Math.min(pos + cluster, job.length);
-      while (end < job.length && rangeIsZero(buf, end, Math.min(end + cluster, job.length)) === zero) end = Math.min(end + cluster, job.length);
+  // Whole clusters of [from, to) of the job: runs of clusters holding data are written, runs of
+  // all-zero clusters skipped (compressed output, or `fill` above).
+  const writeClusters = async (buf: Uint8Array, job: Job, from: number, to: number, size: number): Promise<void> => {
+    let pos = from;
+    while (pos < to) {
+      const zero = rangeIsZero(buf, pos, Math.min(pos + size, to));
+      let end = Math.min(pos + size, to);
+      while (end < to && rangeIsZero(buf, end, Math.min(end + size, to)) === zero) end = Math.min(end + size, to);
       if (!zero) {
         await target.write(buf.subarray(pos, end), job.offset + pos);
         result.bytesWritten += end - pos;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { Qcow2Error } from '../../errors.js';
 import { MemoryStorage } from '../../storage/memory-storage.js';
 import { Refcounts } from './refcounts.js';
 
@@ -9,11 +10,12 @@ const CS = 512;
  * 512-byte clusters with 64-bit refcounts (64 clusters per refblock): cluster 0 a header,
  * cluster 1 the refcount table, cluster 2 the refblock covering clusters 0-63.
  */
-async function tiny(): Promise<Refcounts> {
+async function tiny(patch: (view: DataView) => void = () => {}): Promise<Refcounts> {
   const bytes = new Uint8Array(3 * CS);
   const view = new DataView(bytes.buffer);
   view.setBigUint64(CS, BigInt(2 * CS)); // reftable[0] -> refblock at cluster 2
   for (const c of [0, 1, 2]) view.setBigUint64(2 * CS + c * 8, 1n);
+  patch(view);
   return Refcounts.open(new MemoryStorage(bytes), 9, 6, { offset: CS, clusters: 1 });
 }
 
@@ -35,4 +37,11 @@ describe('Refcounts allocation lays clusters out as QEMU does', () => {
     assert.equal(await rc.get(129), 1);
     assert.equal(await rc.allocate(1), 130 * CS);
   });
+});
+
+test('a refblock that cannot be addressed exactly is corrupt, not read', async () => {
+  // Found by the fuzzer: the block would end just past 2^53.
+  const rc = await tiny((view) => view.setBigUint64(CS + 8, 2n ** 53n - BigInt(CS)));
+  assert.equal(await rc.allocate(61), 3 * CS);
+  await assert.rejects(rc.allocate(1), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
 });

@@ -218,8 +218,10 @@ export class Refcounts {
     if (idx * 8 >= this.#reftable.byteLength) return 0;
     const hi = this.#reftableView.getUint32(idx * 8);
     const lo = this.#reftableView.getUint32(idx * 8 + 4);
-    if (hi > 0x1fffff) throw new Qcow2Error('CORRUPT', `Refcount table entry ${idx} is out of range`, { index: idx });
-    return readU64(this.#reftableView, idx * 8) - (lo & 0x1ff);
+    const off = hi > 0x1fffff ? Infinity : readU64(this.#reftableView, idx * 8) - (lo & 0x1ff);
+    // The block must be addressable as a whole with exact integers.
+    if (off > Number.MAX_SAFE_INTEGER - this.#clusterSize) throw new Qcow2Error('CORRUPT', `Refcount table entry ${idx} is out of range`, { index: idx });
+    return off;
   }
 
   /** The refblock covering `cluster`, created when `create` is set and it does not exist. */

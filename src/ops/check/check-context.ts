@@ -22,7 +22,7 @@ export interface CheckContext {
  */
 export async function readAtU64(ctx: CheckContext, dst: Uint8Array, hi: number, lo: number): Promise<boolean> {
   if (hi >= 0x7fffffff) return false;
-  if (hi > 0x1fffff) {
+  if (hi > 0x1fffff || hi * TWO_32 + lo > Number.MAX_SAFE_INTEGER - dst.byteLength) {
     dst.fill(0); // far past the end of any file we can address
     return true;
   }

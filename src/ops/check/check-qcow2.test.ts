@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Qcow2Driver } from '../../format/qcow2/qcow2-driver.js';
-import { pattern } from '../../format/qcow2/qcow2-builder.test.helper.js';
+import { buildQcow2, pattern } from '../../format/qcow2/qcow2-builder.test.helper.js';
 import { jsCodecs } from '../../codecs/codecs-js.js';
 import { MemoryStorage } from '../../storage/memory-storage.js';
+import { FuzzStorage } from '../../fuzz/fuzz-storage.js';
+import { checkQcow2 } from './check-qcow2.js';
 import { viewOf } from '../../util/bytes.js';
 import {
   CS, dataCluster, getRefcount, getU64, grow, imageWithData, L1, L2, REFBLOCK, REFTABLE, runCheck, setRefcount, setU32, setU64,
@@ -293,4 +295,21 @@ describe('image that cannot be opened', () => {
     setU32(img, 20, 30);
     await assert.rejects(runCheck(img), /Unsupported cluster size: 2\^30/);
   });
+});
+
+describe('offsets at the edge of exact integers', () => {
+  it('a refblock whose end would pass 2^53 reads as zeros and is never read inexactly', async () => {
+    // Found by the fuzzer: reftable entry 0x1fffffffff0000 (the storage flags the read).
+    for (const repair of ['none', 'all'] as const) {
+      // 512-byte clusters: a file past 256 clusters makes the check look at refblock 1.
+      const small = buildQcow2({ size: 1 << 20, clusterBits: 9, entries: [{ cluster: 0, kind: 'data', bytes: pattern(512, 1) }] });
+      const img = grow(small, 300 * 512);
+      setU64Parts(img, 512 + 8, 0x1fffff, 0xfffffe00);
+      const storage = new FuzzStorage(img, 'edge.qcow2', repair === 'none', { deadline: Date.now() + 60_000, maxSize: 64 << 20 });
+      const lines: string[] = [];
+      const outcome = await checkQcow2(storage, { repair, reporter: { line: (t) => lines.push(t), error: (t) => lines.push(t) } });
+      assert.ok(outcome.exitCode >= 0, `${repair}: ${lines.join('\n')}`);
+    }
+  });
+
 });

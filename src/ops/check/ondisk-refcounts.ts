@@ -119,8 +119,11 @@ export class OnDiskRefcounts {
       return { kind: 'error', errno: 'EIO' };
     }
     if (hi > MAX_IO_HI - 1) return { kind: 'error', errno: 'EIO' };
-    if (hi > 0x1fffff) return { kind: 'block', offset: Number.POSITIVE_INFINITY, bytes: new Uint8Array(img.clusterSize) };
     const offset = hi * TWO_32 + offLo;
+    // Past the end of any file we can address: reads as zeros, as QEMU's read past the end.
+    if (hi > 0x1fffff || offset > Number.MAX_SAFE_INTEGER - img.clusterSize) {
+      return { kind: 'block', offset: Number.POSITIVE_INFINITY, bytes: new Uint8Array(img.clusterSize) };
+    }
     return { kind: 'block', offset, bytes: await this.#load(offset) };
   }
 
