@@ -1,4 +1,4 @@
-import { mapEntries } from '../ops/map-entries.js';
+import { mapEntryBatches } from '../ops/map-entries.js';
 import { parseSizeArg } from '../util/size.js';
 import { parseCommandArgs } from './args.js';
 import { CliError } from './cli-error.js';
@@ -40,8 +40,8 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     };
     const writer = output === 'json' ? mapJsonWriter(sink, { start }) : mapHumanWriter(sink);
     const range = maxLength === undefined ? { start } : { start, length: maxLength };
-    for await (const entry of mapEntries(image, range)) {
-      writer.entry(entry);
+    for await (const batch of mapEntryBatches(image, range)) {
+      for (const entry of batch) writer.entry(entry);
       if (pressure) {
         pressure = false;
         await io.stdout.flush();

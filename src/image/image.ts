@@ -99,31 +99,34 @@ export class Image implements ImageReader {
     let layer: Image = this;
     let depth = 0;
     for (;;) {
-      const m = await layer.driver.getMapping(offset, length);
-      if (m.kind === 'eof') throw new Qcow2Error('IO', `Mapping ended early at offset ${offset}`, { offset });
-      length = m.length;
-      switch (m.kind) {
-        case 'data':
-          return { offset, length, depth, present: true, zero: false, data: true, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name };
-        case 'compressed':
-          return { offset, length, depth, present: true, zero: false, data: true, compressed: true };
-        case 'zero':
-          return m.hostOffset !== undefined && m.storage !== undefined
-            ? { offset, length, depth, present: true, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
-            : { offset, length, depth, present: true, zero: true, data: false, compressed: false };
-        case 'unallocated': {
-          const below = layer.backing;
-          // Past the end of a shorter backing file this layer decides: zeros, as QEMU reports.
-          if (below === undefined || offset >= below.size) {
-            return m.hostOffset !== undefined && m.storage !== undefined
-              ? { offset, length, depth, present: false, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
-              : { offset, length, depth, present: false, zero: true, data: false, compressed: false };
-          }
-          length = Math.min(length, below.size - offset);
-          layer = below;
-          depth++;
-        }
+      const st = statusOf(await layer.driver.getMapping(offset, length), layer, offset, depth);
+      if (st.status !== undefined) return st.status;
+      length = st.length;
+      layer = st.below;
+      depth++;
+    }
+  }
+
+  /**
+   * {@link blockStatus} answered from cached metadata, or undefined when that needs I/O (the
+   * metadata is then being loaded). Scans over many small runs (`map`) avoid a promise per run.
+   */
+  blockStatusNow(offset: number, maxLength: number): BlockStatus | undefined {
+    checkRange(offset, 1, this.size);
+    let length = Math.min(maxLength, this.size - offset);
+    let layer: Image = this;
+    let depth = 0;
+    for (;;) {
+      const m = layer.driver.getMapping(offset, length);
+      if (m instanceof Promise) {
+        m.catch(() => {}); // blockStatus asks again and sees the error
+        return undefined;
       }
+      const st = statusOf(m, layer, offset, depth);
+      if (st.status !== undefined) return st.status;
+      length = st.length;
+      layer = st.below;
+      depth++;
     }
   }
 
@@ -263,6 +266,36 @@ export class Image implements ImageReader {
       return buf;
     });
     piece.set(cluster.subarray(within, within + piece.byteLength));
+  }
+}
+
+/** The status a layer's mapping gives, or the layer below to ask (for `length` bytes). */
+function statusOf(m: Mapping, layer: Image, offset: number, depth: number): { status: BlockStatus; length?: undefined; below?: undefined } | { status: undefined; length: number; below: Image } {
+  if (m.kind === 'eof') throw new Qcow2Error('IO', `Mapping ended early at offset ${offset}`, { offset });
+  const length = m.length;
+  switch (m.kind) {
+    case 'data':
+      return { status: { offset, length, depth, present: true, zero: false, data: true, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name } };
+    case 'compressed':
+      return { status: { offset, length, depth, present: true, zero: false, data: true, compressed: true } };
+    case 'zero':
+      return {
+        status: m.hostOffset !== undefined && m.storage !== undefined
+          ? { offset, length, depth, present: true, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
+          : { offset, length, depth, present: true, zero: true, data: false, compressed: false },
+      };
+    case 'unallocated': {
+      const below = layer.backing;
+      // Past the end of a shorter backing file this layer decides: zeros, as QEMU reports.
+      if (below === undefined || offset >= below.size) {
+        return {
+          status: m.hostOffset !== undefined && m.storage !== undefined
+            ? { offset, length, depth, present: false, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
+            : { offset, length, depth, present: false, zero: true, data: false, compressed: false },
+        };
+      }
+      return { status: undefined, length: Math.min(length, below.size - offset), below };
+    }
   }
 }
 

@@ -40,6 +40,8 @@ export interface ImageReader {
   read(dst: Uint8Array, offset: number): Promise<void>;
   /** Status of the run at `offset` (at most `maxLength` bytes), resolved through the chain. */
   blockStatus(offset: number, maxLength: number): Promise<BlockStatus>;
+  /** The same answer when it needs no I/O, else undefined (optional: a fast path for scans). */
+  blockStatusNow?(offset: number, maxLength: number): BlockStatus | undefined;
   /** Close this image and its whole backing chain. */
   close(): Promise<void>;
 }

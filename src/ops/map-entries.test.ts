@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Qcow2Error } from '../errors.js';
 import type { FormatDriver } from '../format/driver.js';
 import type { BlockStatus, ImageReader } from '../image/types.js';
-import { mapEntries, type MapEntry } from './map-entries.js';
+import { mapEntries, mapEntryBatches, type MapEntry } from './map-entries.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -34,6 +34,10 @@ class ScriptedImage implements ImageReader {
   }
 
   async blockStatus(offset: number, maxLength: number): Promise<BlockStatus> {
+    return this.statusAt(offset, maxLength);
+  }
+
+  statusAt(offset: number, maxLength: number): BlockStatus {
     this.calls.push([offset, maxLength]);
     const hit = this.#runs.find((r) => offset >= r.start && offset < r.start + r.run.length);
     if (hit === undefined) throw new Error(`no run at ${offset}`);
@@ -138,4 +142,27 @@ test('bad arguments and broken block status are errors, not loops', async () => 
   const stuck = new ScriptedImage([zero(4096)]);
   stuck.blockStatus = async (offset) => ({ offset, length: 0, depth: 0, present: true, zero: true, data: false, compressed: false });
   await assert.rejects(collect(stuck), (e: unknown) => e instanceof Qcow2Error && e.code === 'IO');
+});
+
+/** A ScriptedImage whose status below `cachedEnd` is known without I/O. */
+class CachedScriptedImage extends ScriptedImage {
+  constructor(runs: Run[], readonly cachedEnd: number) {
+    super(runs);
+  }
+
+  blockStatusNow(offset: number, maxLength: number): BlockStatus | undefined {
+    return offset < this.cachedEnd ? this.statusAt(offset, maxLength) : undefined;
+  }
+}
+
+test('batches: cached answers are gathered; one needing I/O hands out what is complete first', async () => {
+  const runs = [data(512, 0x10000), zero(512), data(512, 0x90000), zero(512), data(512, 0xa0000)];
+  const batches: MapEntry[][] = [];
+  for await (const b of mapEntryBatches(new CachedScriptedImage(runs, 1536))) batches.push(b);
+  assert.deepEqual(batches.flat(), await collect(new ScriptedImage(runs)), 'same entries as mapEntries');
+  // Entries 0 and 1 were complete when the probe at 1536 needed I/O: handed out together.
+  assert.deepEqual(batches.map((b) => b.length), [2, 1, 2]);
+  const all: MapEntry[][] = [];
+  for await (const b of mapEntryBatches(new CachedScriptedImage(runs, Infinity))) all.push(b);
+  assert.deepEqual(all.map((b) => b.length), [5]);
 });

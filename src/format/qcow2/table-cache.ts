@@ -27,6 +27,8 @@ export class TableCache {
   readonly #budget: number;
   readonly #entries = new Map<number, Entry>();
   readonly #loading = new Map<number, Promise<Uint8Array>>();
+  /** The key last moved to the end of the LRU order (-1: none). */
+  #mru = -1;
 
   constructor(storage: Storage, tableSize: number, budgetBytes: number) {
     this.#storage = storage;
@@ -48,8 +50,12 @@ export class TableCache {
   peek(offset: number): Uint8Array | undefined {
     const e = this.#entries.get(offset);
     if (e === undefined) return undefined;
-    this.#entries.delete(offset);
-    this.#entries.set(offset, e);
+    // Scans hit the same table many times in a row: it is already the most recent then.
+    if (offset !== this.#mru) {
+      this.#entries.delete(offset);
+      this.#entries.set(offset, e);
+      this.#mru = offset;
+    }
     return e.bytes;
   }
 
@@ -131,6 +137,7 @@ export class TableCache {
   #insert(offset: number, e: Entry): void {
     this.#entries.delete(offset);
     this.#entries.set(offset, e);
+    this.#mru = offset;
     this.#evict();
   }
 
