@@ -83,7 +83,8 @@ export class ZstdWorkerPool {
       throw new Qcow2Error('INVALID_ARGUMENT', `zstd pool: invalid thread count ${threads}`);
     }
     this.threads = threads;
-    this.#workerUrl = options.workerUrl ?? new URL('./zstd-node-worker.js', import.meta.url);
+    // Via ../codecs/ so that it resolves both from dist/codecs/ and from the CLI bundle in dist/cli/.
+    this.#workerUrl = options.workerUrl ?? new URL('../codecs/zstd-node-worker.js', import.meta.url);
     this.decompressor = this.decompressorFor('zstd');
     this.compressor = this.compressorFor('zstd');
   }

@@ -99,24 +99,28 @@ export class Refcounts {
       throw new Qcow2Error('CORRUPT', `Cannot change the refcount of unaligned offset 0x${offset.toString(16)}`, { offset });
     }
     const first = Math.floor(offset / this.#clusterSize);
-    for (let c = first; c < first + count; c++) {
+    const end = first + count;
+    // One refblock at a time: the block lookup (maybe a load or a new block) once per block.
+    for (let c = first; c < end;) {
       const block = await this.#block(c, delta > 0);
       if (block === undefined) throw new Qcow2Error('CORRUPT', `Refcount of cluster ${c} would become negative`, { cluster: c });
       const blockOffset = this.#blockOffset(c);
-      const i = c % this.#entriesPerBlock;
-      const old = getRefcount(block, i, this.#order);
-      const next = old + delta;
-      if (next < 0 || next > this.#max) {
-        throw new Qcow2Error('CORRUPT', next < 0
-          ? `Refcount of cluster ${c} would become negative`
-          : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
-      }
+      const stop = Math.min(end, (Math.floor(c / this.#entriesPerBlock) + 1) * this.#entriesPerBlock);
       this.#keepDiskCopy(blockOffset, block);
       if (delta < 0) this.#decreased.add(blockOffset);
-      setRefcount(block, i, this.#order, next);
       this.#blocks.markDirty(blockOffset);
-      if (next === 0 && c < this.#freeHint) this.#freeHint = c;
-      if (c >= this.#end) this.#end = c + 1;
+      for (; c < stop; c++) {
+        const i = c % this.#entriesPerBlock;
+        const next = getRefcount(block, i, this.#order) + delta;
+        if (next < 0 || next > this.#max) {
+          throw new Qcow2Error('CORRUPT', next < 0
+            ? `Refcount of cluster ${c} would become negative`
+            : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
+        }
+        setRefcount(block, i, this.#order, next);
+        if (next === 0 && c < this.#freeHint) this.#freeHint = c;
+      }
+      if (stop > this.#end) this.#end = stop;
     }
   }
 
@@ -290,11 +294,16 @@ export class Refcounts {
     }
   }
 
-  async #isFree(cluster: number): Promise<boolean> {
-    if (this.#reserved.some((r) => cluster >= r.start && cluster < r.start + r.count)) return false;
+  /** Free in memory and on disk; answered without a promise when the refblock is cached. */
+  #isFree(cluster: number): boolean | Promise<boolean> {
+    if (this.#reserved.length > 0 && this.#reserved.some((r) => cluster >= r.start && cluster < r.start + r.count)) return false;
     const off = this.#blockOffset(cluster);
     if (off === 0) return this.#noTableUses(cluster);
-    const block = await this.#blocks.get(off);
+    const block = this.#blocks.get(off);
+    return block instanceof Uint8Array ? this.#freeIn(block, off, cluster) : block.then((b) => this.#freeIn(b, off, cluster));
+  }
+
+  #freeIn(block: Uint8Array, off: number, cluster: number): boolean {
     const i = cluster % this.#entriesPerBlock;
     if (getRefcount(block, i, this.#order) !== 0) return false;
     const disk = this.#diskCopies.get(off);
@@ -314,7 +323,8 @@ export class Refcounts {
     let start = c;
     let firstFree = -1;
     for (;;) {
-      if (await this.#isFree(c)) {
+      const free = this.#isFree(c);
+      if (typeof free === 'boolean' ? free : await free) {
         if (firstFree < 0) firstFree = c;
         if (run === 0) start = c;
         run++;
