@@ -340,6 +340,16 @@ export async function replayFinding(file: string, seedsDir: string, timeoutMs: n
   }
 }
 
+const USAGE = `usage: node dist/fuzz/run-fuzz.js [--seconds N] [--execs N] [--seed S] [--workers K]
+         [--seeds DIR] [--corpus DIR] [--timeout MS] [--slow-ms MS] [--memory-mb N]
+         [--no-minimize] [--no-check] [--progress-ms MS]
+       node dist/fuzz/run-fuzz.js --replay FINDING.json [--seeds DIR]
+The budget defaults to QCOW2KIT_FUZZ_SECONDS (else 60 s). Exit 0 without findings, 1 with, 2 on errors.
+`;
+
+/** A command-line mistake: the usage is printed instead of a stack trace. */
+class UsageError extends Error {}
+
 function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: string } {
   const env = process.env['QCOW2KIT_FUZZ_SECONDS'];
   const o: FuzzRunOptions = {
@@ -361,12 +371,12 @@ function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: 
     const a = argv[i]!;
     const val = (): string => {
       const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
+      if (v === undefined) throw new UsageError(`${a} needs a value`);
       return v;
     };
     const int = (): number => {
       const v = Number(val());
-      if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${a} needs a non-negative integer`);
+      if (!Number.isSafeInteger(v) || v < 0) throw new UsageError(`${a} needs a non-negative integer`);
       return v;
     };
     switch (a) {
@@ -383,10 +393,11 @@ function parseCli(argv: readonly string[]): { options: FuzzRunOptions; replay?: 
       case '--progress-ms': o.progressMs = int(); break;
       case '--slow-ms': o.slowMs = int(); break;
       case '--replay': replay = val(); break;
-      default: throw new Error(`unknown option ${a}`);
+      case '--help': throw new UsageError('');
+      default: throw new UsageError(`unknown option ${a}`);
     }
   }
-  if (!Number.isFinite(o.seconds) || o.seconds < 0) throw new Error('QCOW2KIT_FUZZ_SECONDS must be a number of seconds');
+  if (!Number.isFinite(o.seconds) || o.seconds < 0) throw new UsageError('QCOW2KIT_FUZZ_SECONDS must be a number of seconds');
   return replay === undefined ? { options: o } : { options: o, replay };
 }
 
@@ -411,6 +422,11 @@ if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.
   cli().then(
     (code) => process.exit(code),
     (e: unknown) => {
+      if (e instanceof UsageError) {
+        if (e.message === '') process.stdout.write(USAGE, () => process.exit(0));
+        else process.stderr.write(`run-fuzz: ${e.message}\n${USAGE}`, () => process.exit(2));
+        return;
+      }
       process.stderr.write(`run-fuzz: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
       process.exit(2);
     },
