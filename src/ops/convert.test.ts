@@ -286,3 +286,30 @@ test('convertImage() into a compressing target writes whole clusters and skips o
     if (!zeroInitialized) assert.ok(rec.zeroes.some((z) => z.offset === 2 * C));
   }
 });
+
+test('convertImage() into a target that takes whole clusters writes clusters holding data whole', async () => {
+  const C = 16 * K;
+  const img = new FakeImage([
+    { length: 3 * 512, kind: 'zero' }, // the data job starts mid-cluster: its head goes sector-wise
+    // Cluster 0 (rest): data. Cluster 1: 6 KiB of data then zeros. Cluster 2: all zero.
+    // Clusters 3-4: data with an 8 KiB zero gap inside, which -S 4k alone would leave out.
+    { length: 5 * C - 1536, kind: 'data', fill: (o) => ((o >= C + 6 * K && o < 3 * C) || (o >= 3 * C + 4 * K && o < 3 * C + 12 * K) ? 0 : 3) },
+  ]);
+  for (const minSparse of [4 * K, 32 * K]) {
+    const rec = recordingTarget(img.size);
+    await convertImage([img], { ...rec.target, wholeClusterSize: C }, { minSparse });
+    assert.deepEqual(rec.storage.bytes(), img.content);
+    const writes = rec.writes.sort((a, b) => a.offset - b.offset);
+    if (minSparse <= C) {
+      assert.deepEqual(writes, [
+        { offset: 1536, length: C - 1536 }, // head of the job, sector-wise
+        { offset: C, length: C }, // cluster 1 whole, its zero tail included
+        { offset: 3 * C, length: 2 * C }, // clusters 3-4 whole, gap included; cluster 2 skipped
+      ]);
+    } else {
+      // -S above the cluster size: zero runs shorter than -S are data anyway, sector rules apply.
+      assert.ok(writes.every((w) => w.offset % 512 === 0));
+      assert.ok(writes.some((w) => w.offset < 2 * C && w.offset + w.length > 2 * C), 'the short zero cluster is written as data');
+    }
+  }
+});
