@@ -100,7 +100,7 @@ export class Image implements ImageReader {
     let depth = 0;
     for (;;) {
       const st = statusOf(await layer.driver.getMapping(offset, length), layer, offset, depth);
-      if (st.status !== undefined) return st.status;
+      if (!('below' in st)) return st;
       length = st.length;
       layer = st.below;
       depth++;
@@ -123,7 +123,7 @@ export class Image implements ImageReader {
         return undefined;
       }
       const st = statusOf(m, layer, offset, depth);
-      if (st.status !== undefined) return st.status;
+      if (!('below' in st)) return st;
       length = st.length;
       layer = st.below;
       depth++;
@@ -270,31 +270,24 @@ export class Image implements ImageReader {
 }
 
 /** The status a layer's mapping gives, or the layer below to ask (for `length` bytes). */
-function statusOf(m: Mapping, layer: Image, offset: number, depth: number): { status: BlockStatus; length?: undefined; below?: undefined } | { status: undefined; length: number; below: Image } {
+function statusOf(m: Mapping, layer: Image, offset: number, depth: number): BlockStatus | { below: Image; length: number } {
   if (m.kind === 'eof') throw new Qcow2Error('IO', `Mapping ended early at offset ${offset}`, { offset });
   const length = m.length;
+  const host = (present: boolean): BlockStatus => m.kind !== 'compressed' && m.hostOffset !== undefined && m.storage !== undefined
+    ? { offset, length, depth, present, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
+    : { offset, length, depth, present, zero: true, data: false, compressed: false };
   switch (m.kind) {
     case 'data':
-      return { status: { offset, length, depth, present: true, zero: false, data: true, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name } };
+      return { offset, length, depth, present: true, zero: false, data: true, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name };
     case 'compressed':
-      return { status: { offset, length, depth, present: true, zero: false, data: true, compressed: true } };
+      return { offset, length, depth, present: true, zero: false, data: true, compressed: true };
     case 'zero':
-      return {
-        status: m.hostOffset !== undefined && m.storage !== undefined
-          ? { offset, length, depth, present: true, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
-          : { offset, length, depth, present: true, zero: true, data: false, compressed: false },
-      };
+      return host(true);
     case 'unallocated': {
       const below = layer.backing;
       // Past the end of a shorter backing file this layer decides: zeros, as QEMU reports.
-      if (below === undefined || offset >= below.size) {
-        return {
-          status: m.hostOffset !== undefined && m.storage !== undefined
-            ? { offset, length, depth, present: false, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
-            : { offset, length, depth, present: false, zero: true, data: false, compressed: false },
-        };
-      }
-      return { status: undefined, length: Math.min(length, below.size - offset), below };
+      if (below === undefined || offset >= below.size) return host(false);
+      return { below, length: Math.min(length, below.size - offset) };
     }
   }
 }
