@@ -17,7 +17,7 @@ export { convertImage, type ConvertOptions, type ConvertResult } from './ops/con
 export { createRawTarget, type ConvertTarget, type RawTargetOptions } from './ops/convert-target.js';
 export { createImageTarget, type ImageTargetOptions } from './ops/image-target.js';
 export { compareImages, type CompareOptions, type CompareResult } from './ops/compare.js';
-export { mapEntries, type MapEntry, type MapRange } from './ops/map-entries.js';
+export { mapEntries, mapEntryBatches, type MapEntry, type MapRange } from './ops/map-entries.js';
 export { initZstdWasm } from './codecs/zstd-wasm.js';
 export { resolveQcow2CreateOptions, type Qcow2CreateRequest, type Qcow2CreateOptions } from './format/qcow2/create-options.js';
 export { planQcow2Image, writeQcow2Image, type Qcow2ImagePlan } from './format/qcow2/create-layout.js';
