@@ -273,23 +273,28 @@ export class Image implements ImageReader {
 function statusOf(m: Mapping, layer: Image, offset: number, depth: number): BlockStatus | { below: Image; length: number } {
   if (m.kind === 'eof') throw new Qcow2Error('IO', `Mapping ended early at offset ${offset}`, { offset });
   const length = m.length;
-  const host = (present: boolean): BlockStatus => m.kind !== 'compressed' && m.hostOffset !== undefined && m.storage !== undefined
-    ? { offset, length, depth, present, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
-    : { offset, length, depth, present, zero: true, data: false, compressed: false };
   switch (m.kind) {
     case 'data':
       return { offset, length, depth, present: true, zero: false, data: true, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name };
     case 'compressed':
       return { offset, length, depth, present: true, zero: false, data: true, compressed: true };
     case 'zero':
-      return host(true);
+      return zeroStatus(m, offset, depth, true);
     case 'unallocated': {
       const below = layer.backing;
       // Past the end of a shorter backing file this layer decides: zeros, as QEMU reports.
-      if (below === undefined || offset >= below.size) return host(false);
+      if (below === undefined || offset >= below.size) return zeroStatus(m, offset, depth, false);
       return { below, length: Math.min(length, below.size - offset) };
     }
   }
+}
+
+/** A range that reads as zeros, with its host place when the mapping has one. */
+function zeroStatus(m: Extract<Mapping, { kind: 'zero' | 'unallocated' }>, offset: number, depth: number, present: boolean): BlockStatus {
+  const length = m.length;
+  return m.hostOffset !== undefined && m.storage !== undefined
+    ? { offset, length, depth, present, zero: true, data: false, compressed: false, hostOffset: m.hostOffset, filename: m.storage.name }
+    : { offset, length, depth, present, zero: true, data: false, compressed: false };
 }
 
 function checkRange(offset: number, length: number, size: number): void {

@@ -657,15 +657,7 @@ export class Qcow2Writer implements DriverWriter {
     const dataEnd = pos + length;
     const lastClusterStart = (first + plan.clusters - 1) * cs;
     const regionEnd = partial(oldLast) ? Math.min(lastClusterStart + cs, Math.ceil(dataEnd / subSize) * subSize) : lastClusterStart + cs;
-    let region: Uint8Array;
-    if (regionStart === pos && regionEnd === dataEnd) {
-      region = data.subarray(0, length);
-    } else {
-      region = new Uint8Array(regionEnd - regionStart);
-      if (pos > regionStart) await this.#readOld(oldFirst, startCluster, region.subarray(0, pos - regionStart), regionStart, below);
-      region.set(data.subarray(0, length), pos - regionStart);
-      if (regionEnd > dataEnd) await this.#readOld(oldLast, lastClusterStart, region.subarray(dataEnd - regionStart), dataEnd, below);
-    }
+    const region = await this.#region(data.subarray(0, length), pos, regionStart, regionEnd, oldFirst, startCluster, oldLast, lastClusterStart, below);
     await this.#guard(plan.host + (regionStart - startCluster), region.byteLength);
     await s.meta.dataStorage.write(region, plan.host + (regionStart - startCluster));
     await s.lock.run(async () => {
@@ -679,10 +671,7 @@ export class Qcow2Writer implements DriverWriter {
         let zeroBits = 0;
         if (this.#ext) {
           if (partial(old)) {
-            const cStart = (first + i) * cs;
-            const a = Math.max(regionStart, cStart);
-            const b = Math.min(regionEnd, cStart + cs);
-            allocBits = subclusterMask((a - cStart) / subSize, Math.ceil((b - cStart) / subSize));
+            allocBits = this.#subclustersIn((first + i) * cs, regionStart, regionEnd);
             zeroBits = (old.zeroBits & ~allocBits) >>> 0;
           } else {
             allocBits = ALL_SUBCLUSTERS;
@@ -714,13 +703,7 @@ export class Qcow2Writer implements DriverWriter {
     const lastStart = (first + plan.old.length - 1) * cs;
     const regionStart = this.#holdsData(headOld, pos - first * cs) ? pos : Math.floor(pos / grain) * grain;
     const regionEnd = this.#holdsData(tailOld, dataEnd - 1 - lastStart) ? dataEnd : Math.min(lastStart + cs, Math.ceil(dataEnd / grain) * grain);
-    let region = data;
-    if (regionStart < pos || regionEnd > dataEnd) {
-      region = new Uint8Array(regionEnd - regionStart);
-      if (pos > regionStart) await this.#readOld(headOld, first * cs, region.subarray(0, pos - regionStart), regionStart, below);
-      region.set(data, pos - regionStart);
-      if (regionEnd > dataEnd) await this.#readOld(tailOld, lastStart, region.subarray(dataEnd - regionStart), dataEnd, below);
-    }
+    const region = await this.#region(data, pos, regionStart, regionEnd, headOld, first * cs, tailOld, lastStart, below);
     const host = plan.host - (pos - regionStart);
     await this.#guard(host, region.byteLength);
     await s.meta.dataStorage.write(region, host);
@@ -735,9 +718,7 @@ export class Qcow2Writer implements DriverWriter {
         let allocBits = 0;
         let zeroBits = 0;
         if (this.#ext) {
-          const from = Math.floor((Math.max(regionStart, cStart) - cStart) / grain);
-          const to = Math.ceil((Math.min(regionEnd, cStart + cs) - cStart) / grain);
-          const mask = subclusterMask(from, to);
+          const mask = this.#subclustersIn(cStart, regionStart, regionEnd);
           allocBits = (old.allocBits | mask) >>> 0;
           zeroBits = (old.zeroBits & ~mask) >>> 0;
         }
@@ -745,6 +726,31 @@ export class Qcow2Writer implements DriverWriter {
       }
       s.l2.markDirty(l2Offset);
     });
+  }
+
+  /**
+   * The bytes for guest [regionStart, regionEnd): `data` (at `pos`) with the head and tail
+   * around it filled from the old content of the first and last cluster (copy-on-write).
+   */
+  async #region(
+    data: Uint8Array, pos: number, regionStart: number, regionEnd: number,
+    headOld: OldEntry, headCluster: number, tailOld: OldEntry, tailCluster: number, below: BelowReader,
+  ): Promise<Uint8Array> {
+    const dataEnd = pos + data.byteLength;
+    if (regionStart === pos && regionEnd === dataEnd) return data;
+    const region = new Uint8Array(regionEnd - regionStart);
+    if (pos > regionStart) await this.#readOld(headOld, headCluster, region.subarray(0, pos - regionStart), regionStart, below);
+    region.set(data, pos - regionStart);
+    if (regionEnd > dataEnd) await this.#readOld(tailOld, tailCluster, region.subarray(dataEnd - regionStart), dataEnd, below);
+    return region;
+  }
+
+  /** Subclusters of the cluster at guest `cStart` that [from, to) touches, as a bitmap. */
+  #subclustersIn(cStart: number, from: number, to: number): number {
+    const sub = this.#s.clusterSize / 32;
+    const a = Math.max(from, cStart) - cStart;
+    const b = Math.min(to, cStart + this.#s.clusterSize) - cStart;
+    return subclusterMask(Math.floor(a / sub), Math.ceil(b / sub));
   }
 
   /** True when byte `at` of the cluster described by `e` is stored data (not zero, not below). */
