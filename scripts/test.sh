@@ -5,6 +5,8 @@
 # Environment:
 #   QCOW2KIT_SKIP_QEMU=1        run without qemu-utils; tests that need qemu-img/qemu-io skip
 #                               themselves (and say so) instead of failing
+#   QCOW2KIT_NO_NATIVE_ZSTD=1   run without the native zstd addon (zstd-napi, an optional
+#                               dependency npm builds with g++, make and python3); its test skips
 #   QCOW2KIT_TEST_CONCURRENCY   test files run in parallel (default 2, suits a 2-core machine)
 #   QCOW2KIT_TEST_TIMEOUT_MS    time limit for one test (default 600000)
 #   QCOW2KIT_KEEP_TMP=1         keep the interop tests' temporary directories
@@ -21,29 +23,39 @@ command -v node >/dev/null || die "Node.js 20 or later is needed (apt-get instal
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "Node.js 20 or later is needed; this is $(node --version)"
 
-# --- qemu-utils: the oracle the interop tests compare against ------------------------------------
+# --- Debian packages: qemu-utils (the oracle the interop tests compare against) and the compiler
+# npm needs to build the optional native zstd addon (zstd-napi, built by node-gyp on npm ci) ------
 have_qemu() { command -v qemu-img >/dev/null && command -v qemu-io >/dev/null; }
-if ! have_qemu; then
-  if [ "${QCOW2KIT_SKIP_QEMU:-}" = "1" ]; then
-    say "qemu-img/qemu-io not found; QCOW2KIT_SKIP_QEMU=1, so the tests that need them will be skipped"
-  elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    say "installing qemu-utils (qemu-img, qemu-io)"
+have_cc() { command -v g++ >/dev/null && command -v make >/dev/null && command -v python3 >/dev/null; }
+need=()
+if ! have_qemu && [ "${QCOW2KIT_SKIP_QEMU:-}" != "1" ]; then need+=(qemu-utils); fi
+if ! have_cc && [ "${QCOW2KIT_NO_NATIVE_ZSTD:-}" != "1" ]; then need+=(g++ make python3); fi
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq qemu-utils >/dev/null || die "apt-get install qemu-utils failed"
-    have_qemu || die "qemu-utils installed but qemu-img/qemu-io still not found"
+    apt-get install -y -qq "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
   else
-    cat >&2 <<'EOF'
-[test.sh] error: the interop tests need qemu-img and qemu-io, which are not installed.
-Install them (Debian/Ubuntu):
-    sudo apt-get update && sudo apt-get install -y qemu-utils
-or run without them (qemu-dependent tests are then skipped):
-    QCOW2KIT_SKIP_QEMU=1 npm test
+    cat >&2 <<EOF
+[test.sh] error: missing Debian packages: ${need[*]}
+(qemu-utils: qemu-img and qemu-io for the interop tests; g++ make python3: npm builds the native
+zstd addon, zstd-napi, with them). Install them (Debian/Ubuntu):
+    sudo apt-get update && sudo apt-get install -y ${need[*]}
+or opt out: QCOW2KIT_SKIP_QEMU=1 skips the tests that need qemu-utils, QCOW2KIT_NO_NATIVE_ZSTD=1
+the native zstd test (zstd then uses WebAssembly), e.g.
+    QCOW2KIT_SKIP_QEMU=1 QCOW2KIT_NO_NATIVE_ZSTD=1 npm test
 EOF
     exit 1
   fi
 fi
-if have_qemu; then say "$(qemu-img --version | head -n 1)"; fi
+if have_qemu; then
+  say "$(qemu-img --version | head -n 1)"
+elif [ "${QCOW2KIT_SKIP_QEMU:-}" = "1" ]; then
+  say "qemu-img/qemu-io not found; QCOW2KIT_SKIP_QEMU=1, so the tests that need them will be skipped"
+else
+  die "qemu-utils installed but qemu-img/qemu-io still not found"
+fi
 
 # --- dependencies --------------------------------------------------------------------------------
 # npm ci when node_modules is missing or older than the lockfile / package.json.
@@ -52,6 +64,11 @@ if [ ! -f node_modules/.package-lock.json ] \
   || [ package.json -nt node_modules/.package-lock.json ]; then
   say "npm ci"
   npm ci --no-audit --no-fund
+fi
+# node_modules made before a compiler was there lacks the optional addon: build it now.
+if [ "${QCOW2KIT_NO_NATIVE_ZSTD:-}" != "1" ] && ! node -e "require('zstd-napi/binding')" 2>/dev/null; then
+  say "npm rebuild zstd-napi"
+  npm rebuild zstd-napi --foreground-scripts >/dev/null || die "building the native zstd addon failed (QCOW2KIT_NO_NATIVE_ZSTD=1 runs without it)"
 fi
 
 # --- build -------------------------------------------------------------------------------------

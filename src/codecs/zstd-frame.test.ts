@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readZstdFrame } from './zstd-frame.js';
+import { decodeZstdFrames, readZstdFrame } from './zstd-frame.js';
 import { Qcow2Error } from '../errors.js';
 
 const MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
@@ -100,4 +100,20 @@ test('rejects an offset outside the input', () => {
   assertDecompressError(() => readZstdFrame(frame, frame.length), /truncated/);
   assertDecompressError(() => readZstdFrame(frame, -1), /truncated/);
   assertDecompressError(() => readZstdFrame(frame, 0.5), /truncated/);
+});
+
+test('decodeZstdFrames: a decoder error becomes DECOMPRESS, a frame too big is refused before decoding', () => {
+  // Single-segment frame, content size 3, one raw block of 3 bytes.
+  const frame = bytes(MAGIC, [0x20, 3], block(true, 0, 3), [7, 8, 9]);
+  const out = new Uint8Array(3);
+  decodeZstdFrames(frame, out, (f, room) => {
+    room.set(f.subarray(9, 12));
+    return 3;
+  });
+  assert.deepEqual(out, Uint8Array.of(7, 8, 9));
+  assertDecompressError(() => decodeZstdFrames(frame, new Uint8Array(3), () => { throw new Error('bad'); }), /invalid frame/);
+  let called = false;
+  assertDecompressError(() => decodeZstdFrames(frame, new Uint8Array(2), () => { called = true; return 2; }), /larger than the cluster/);
+  assert.equal(called, false);
+  assertDecompressError(() => decodeZstdFrames(frame, new Uint8Array(6), (f, room) => { room.set(f.subarray(9, 12)); return 3; }), /input ended/);
 });

@@ -103,3 +103,48 @@ export function readZstdFrame(src: Uint8Array, offset: number): ZstdFrameInfo {
   }
   return { length: pos - offset, skippable: false, contentSize };
 }
+
+/**
+ * Decodes one exact frame into `room` (the part of the cluster still free) and returns the
+ * number of bytes it produced; throws when the frame is invalid or does not fit.
+ */
+export type ZstdFrameDecoder = (frame: Uint8Array, room: Uint8Array) => number;
+
+/**
+ * Decode zstd frames from `src` until `dst` is full, as QEMU's streaming loop does; bytes after
+ * that (sector rounding) are ignored. Each frame goes to `decodeFrame` cut to its exact length,
+ * which one-shot decoders need. Throws Qcow2Error('DECOMPRESS') on invalid data, a frame larger
+ * than the space left, or input that ends before `dst` is full.
+ *
+ * @example
+ * ```ts
+ * decodeZstdFrames(stored, cluster, (frame, room) => dctx.decompress(room, frame));
+ * ```
+ */
+export function decodeZstdFrames(src: Uint8Array, dst: Uint8Array, decodeFrame: ZstdFrameDecoder): void {
+  let inPos = 0;
+  let outPos = 0;
+  // Every frame is at least 8 bytes long, so this loop ends within src.length/8 steps.
+  while (outPos < dst.byteLength) {
+    if (inPos >= src.byteLength) {
+      throw new Qcow2Error('DECOMPRESS', 'zstd: input ended before the cluster was full', { produced: outPos, expected: dst.byteLength });
+    }
+    const frame = readZstdFrame(src, inPos);
+    if (!frame.skippable) {
+      const room = dst.byteLength - outPos;
+      // Decoders size their output from the header: never let the image choose a bigger size.
+      if (frame.contentSize !== undefined && frame.contentSize > room) {
+        throw new Qcow2Error('DECOMPRESS', 'zstd: frame is larger than the cluster', { offset: inPos, contentSize: frame.contentSize, room });
+      }
+      let produced: number;
+      try {
+        produced = decodeFrame(src.subarray(inPos, inPos + frame.length), dst.subarray(outPos));
+      } catch (cause) {
+        if (cause instanceof Qcow2Error) throw cause;
+        throw new Qcow2Error('DECOMPRESS', 'zstd: invalid frame', { offset: inPos }, { cause });
+      }
+      outPos += produced;
+    }
+    inPos += frame.length;
+  }
+}

@@ -9,7 +9,7 @@ type ZstdModule = typeof import('@bokuweb/zstd-wasm');
 let zstd: ZstdModule | undefined;
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
-import { readZstdFrame } from './zstd-frame.js';
+import { decodeZstdFrames } from './zstd-frame.js';
 
 /** QEMU compresses with ZSTD_CLEVEL_DEFAULT. */
 const ZSTD_DEFAULT_LEVEL = 3;
@@ -59,10 +59,6 @@ function isInitialisedElsewhere(m: ZstdModule): boolean {
   }
 }
 
-function decompressError(message: string, context: Record<string, unknown>, cause?: unknown): Qcow2Error {
-  return new Qcow2Error('DECOMPRESS', `zstd: ${message}`, context, cause === undefined ? undefined : { cause });
-}
-
 /**
  * Decode zstd frames from `src` until `dst` is full; bytes after that are ignored.
  * Synchronous; the wasm module must be initialised (`initZstdWasm`). Throws
@@ -71,33 +67,16 @@ function decompressError(message: string, context: Record<string, unknown>, caus
  */
 export function zstdDecompressSync(src: Uint8Array, dst: Uint8Array): void {
   if (!initialized) throw new Qcow2Error('UNSUPPORTED', 'zstd: WebAssembly decoder not initialised');
-  let inPos = 0;
-  let outPos = 0;
-  // Every frame is at least 8 bytes long, so this loop ends within src.length/8 steps.
-  while (outPos < dst.byteLength) {
-    if (inPos >= src.byteLength) {
-      throw decompressError('input ended before the cluster was full', { produced: outPos, expected: dst.byteLength });
-    }
-    const frame = readZstdFrame(src, inPos);
-    if (!frame.skippable) {
-      const room = dst.byteLength - outPos;
-      // The wasm wrapper allocates contentSize bytes: never let the image choose a bigger size.
-      if (frame.contentSize !== undefined && frame.contentSize > room) {
-        throw decompressError('frame is larger than the cluster', { offset: inPos, contentSize: frame.contentSize, room });
-      }
-      let out: Uint8Array;
-      try {
-        dctx ??= zstd!.createDCtx();
-        out = zstd!.decompressUsingDict(dctx, src.subarray(inPos, inPos + frame.length), NO_DICT, { defaultHeapSize: room });
-      } catch (cause) {
-        throw decompressError('invalid frame', { offset: inPos }, cause);
-      }
-      if (out.byteLength > room) throw decompressError('frame is larger than the cluster', { offset: inPos, room });
-      dst.set(out, outPos);
-      outPos += out.byteLength;
-    }
-    inPos += frame.length;
-  }
+  decodeZstdFrames(src, dst, decodeFrameWasm);
+}
+
+function decodeFrameWasm(frame: Uint8Array, room: Uint8Array): number {
+  dctx ??= zstd!.createDCtx();
+  // The wrapper allocates `defaultHeapSize` when the header gives no content size.
+  const out = zstd!.decompressUsingDict(dctx, frame, NO_DICT, { defaultHeapSize: room.byteLength });
+  if (out.byteLength > room.byteLength) throw new Qcow2Error('DECOMPRESS', 'zstd: frame is larger than the cluster', { room: room.byteLength });
+  room.set(out);
+  return out.byteLength;
 }
 
 /**
