@@ -81,6 +81,46 @@ test('allocatedRunMin() swallows zero runs shorter than min after data, like qem
   assert.equal(allocatedRunMin(sectors('DDZZZZDD'), 0, 8, 0, 2, 2), 2);
 });
 
+/** qemu's is_allocated_sectors_min loop over allocatedRun, without allocatedRunMin's shortcut. */
+function referenceRunMin(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
+  if (n < min) min = n;
+  const head = allocatedRun(words, first, n, sectorNum, alignment);
+  if (head <= 0) return head;
+  let used = head;
+  let checked = head;
+  for (let pos = first + head, left = n - head, sector = sectorNum + head; left > 0;) {
+    const run = allocatedRun(words, pos, left, sector, alignment);
+    const len = Math.abs(run);
+    pos += len;
+    left -= len;
+    sector += len;
+    checked += len;
+    if (run > 0) used = checked;
+    else if (len >= min) break;
+  }
+  return used;
+}
+
+test('allocatedRunMin() answers like the full loop on random sector patterns', () => {
+  let seed = 12345;
+  const rnd = (k: number): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % k;
+  for (let trial = 0; trial < 4000; trial++) {
+    // Mostly data with zero runs of every length, some of them long.
+    let spec = '';
+    const len = 1 + rnd(80);
+    while (spec.length < len) spec += rnd(3) === 0 ? 'Z'.repeat(1 + rnd(rnd(4) === 0 ? 20 : 6)) : 'D'.repeat(1 + rnd(12));
+    spec = spec.slice(0, len);
+    const words = sectors(spec);
+    const min = 1 + rnd(16);
+    const alignment = 2 ** rnd(5);
+    const first = rnd(len);
+    const n = len - first;
+    const sectorNum = rnd(64) + first;
+    assert.equal(allocatedRunMin(words, first, n, sectorNum, min, alignment), referenceRunMin(words, first, n, sectorNum, min, alignment),
+      `${spec} first=${first} sectorNum=${sectorNum} min=${min} alignment=${alignment}`);
+  }
+});
+
 test('findNonzeroSector() reports the sector start, including a partial last sector', () => {
   const buf = new Uint8Array(3 * SECTOR + 100);
   assert.equal(findNonzeroSector(buf, buf.length), -1);

@@ -88,6 +88,8 @@ export function allocatedRun(words: Int32Array, first: number, n: number, sector
  */
 export function allocatedRunMin(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
   if (n < min) min = n;
+  const probed = dataRunByProbes(words, first, n, sectorNum, min, alignment);
+  if (probed > 0) return probed;
   const head = allocatedRun(words, first, n, sectorNum, alignment);
   if (head <= 0) return head;
   let used = head;
@@ -106,6 +108,28 @@ export function allocatedRunMin(words: Int32Array, first: number, n: number, sec
     else if (len >= min) break;
   }
   return used;
+}
+
+/**
+ * {@link allocatedRunMin}'s answer for the common case of data without long zero runs, from
+ * one sector in every `min`: a run of `min` or more zero sectors always holds one of those.
+ * When all of them hold data, every zero run in the range is shorter than `min`, so qemu's
+ * loop swallows them all but a zero tail, and its answer is the data up to that tail rounded
+ * up to `alignment`. Returns 0 when it cannot tell (the full scan decides then).
+ */
+function dataRunByProbes(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
+  if (min <= 1) return 0;
+  const end = first + n;
+  for (let s = first, w = first * WORDS_PER_SECTOR; s < end; s += min, w += min * WORDS_PER_SECTOR) {
+    if (words[w] === 0 && words[w + WORDS_PER_SECTOR - 1] === 0 && sectorIsZero(words, s)) return 0;
+  }
+  // The zero tail is shorter than min (or a probe would have found it).
+  let dataEnd = end;
+  while (sectorIsZero(words, dataEnd - 1)) dataEnd--;
+  if (dataEnd === end) return n;
+  const used = dataEnd - first;
+  const aligned = Math.ceil((sectorNum + used) / alignment) * alignment - sectorNum;
+  return Math.min(aligned, n);
 }
 
 /**
