@@ -9,9 +9,9 @@
 //   zstd   the same data, compression_type=zstd
 //   sparse 64 GiB qcow2 with 20k scattered 4 KiB writes
 // then times `bin/qcow2kit convert -O raw` against `qemu-img convert -O raw` on each (and
-// `map --output=json` on sparse), alternating the two tools, page cache warm, and reports the
-// median wall time, the ratio ours/qemu-img and the peak RSS of each. Writes
-// bench/out/results.json. --quick uses small images for a smoke test.
+// `map --output=json` on sparse) and each tool's start-up (`--version`, always run), alternating
+// the two tools, page cache warm, and reports the median wall time, the ratio ours/qemu-img and
+// the peak RSS of each. Writes bench/out/results.json. --quick uses small images for a smoke test.
 import { spawn, spawnSync } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
@@ -326,14 +326,24 @@ async function benchMap(name, image) {
   );
 }
 
+/**
+ * The fixed cost of one run of each tool, paid by every case above: `qcow2kit --version` (Node's
+ * own start-up plus loading the CLI) against `qemu-img --version`. No target: it shows how much
+ * of a short case's ratio is start-up.
+ */
+async function benchStartup() {
+  return compareTools('startup', [process.execPath, [cli, '--version']], ['qemu-img', ['--version']]);
+}
+
 // --- main ----------------------------------------------------------------------------------------
 const plan = [
+  ['startup', benchStartup],
   ['plain', () => benchConvert('plain', images.plain())],
   ['zlib', () => benchConvert('zlib', images.zlib())],
   ['zstd', () => benchConvert('zstd', images.zstd())],
   ['sparse', () => benchConvert('sparse', images.sparse())],
   ['sparse-map', () => benchMap('sparse-map', images.sparse())],
-].filter(([name]) => only === undefined || only.includes(name) || (name === 'sparse-map' && only.includes('sparse')));
+].filter(([name]) => only === undefined || only.includes(name) || (name === 'sparse-map' && only.includes('sparse')) || name === 'startup');
 
 const results = [];
 for (const [name, fn] of plan) {
@@ -366,7 +376,7 @@ for (const r of results) {
       (r.limitRatio === null ? '-' : r.limitRatio.toFixed(1)).padStart(6),
       mib(r.oursPeakRssKiB).padStart(15),
       mib(r.qemuPeakRssKiB).padStart(15),
-      String(r.sameOutput).padStart(12),
+      (r.sameOutput === undefined ? '-' : String(r.sameOutput)).padStart(12),
       ok ? '' : '  <- over target',
     ].join(' '),
   );
