@@ -1,6 +1,7 @@
 /**
- * The Node codec set: node:zlib for zlib (libuv thread pool) and a worker-thread pool
- * running WebAssembly zstd.
+ * The Node codec set: node:zlib for zlib (libuv thread pool); zstd decoded by the native
+ * zstd-napi addon when it is installed (WebAssembly otherwise) and compressed by a
+ * worker-thread pool running WebAssembly.
  */
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor, CodecSet, CompressionType } from './codec.js';
