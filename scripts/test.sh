@@ -65,10 +65,13 @@ if [ ! -f node_modules/.package-lock.json ] \
   say "npm ci"
   npm ci --no-audit --no-fund
 fi
-# node_modules made before a compiler was there lacks the optional addon: build it now.
-if [ "${QCOW2KIT_NO_NATIVE_ZSTD:-}" != "1" ] && ! node -e "require('zstd-napi/binding')" 2>/dev/null; then
-  say "npm rebuild zstd-napi"
-  npm rebuild zstd-napi --foreground-scripts >/dev/null || die "building the native zstd addon failed (QCOW2KIT_NO_NATIVE_ZSTD=1 runs without it)"
+# node_modules made before a compiler was there lacks the optional addon (npm drops an optional
+# dependency whose build fails): install again now that the compiler is there.
+have_addon() { node -e "require('zstd-napi/binding')" 2>/dev/null; }
+if [ "${QCOW2KIT_NO_NATIVE_ZSTD:-}" != "1" ] && ! have_addon; then
+  say "npm ci (the native zstd addon is missing)"
+  npm ci --no-audit --no-fund
+  have_addon || die "the native zstd addon (zstd-napi) did not build; QCOW2KIT_NO_NATIVE_ZSTD=1 runs without it"
 fi
 
 # --- build -------------------------------------------------------------------------------------
