@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compress } from '@bokuweb/zstd-wasm';
+import { compress, decompress } from '@bokuweb/zstd-wasm';
 import { Qcow2Error } from '../errors.js';
-import type { ClusterDecompressor } from './codec.js';
-import { assertDecompressFails, zstdDecoderContract } from './codec-contract.test.helper.js';
+import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
+import { assertDecompressFails, codecContract, zstdDecoderContract } from './codec-contract.test.helper.js';
 import { randomBytes, sampleCluster, sectorRound } from './codec-samples.test.helper.js';
 import { initZstdWasm } from './zstd-wasm.js';
-import { nativeZstdDecompressor, zstdNativeAvailable } from './zstd-native.js';
+import { nativeZstdCompressor, nativeZstdDecompressor, zstdNativeAvailable } from './zstd-native.js';
 
 await initZstdWasm();
 const encode = (data: Uint8Array): Uint8Array => compress(data, 3);
@@ -15,9 +15,12 @@ const encode = (data: Uint8Array): Uint8Array => compress(data, 3);
 // it. QCOW2KIT_NO_NATIVE_ZSTD=1 accepts its absence (only the fallback is tested then).
 const optOut = process.env.QCOW2KIT_NO_NATIVE_ZSTD === '1';
 
-/** A fallback that fails the test if it is ever used: every decode must be native. */
+/** Fallbacks that fail the test if they are ever used: every call must be native. */
 const noFallback: ClusterDecompressor = {
   decompress: () => Promise.reject(new Error('the WebAssembly fallback was used')),
+};
+const noFallbackCompressor: ClusterCompressor = {
+  compress: () => Promise.reject(new Error('the WebAssembly fallback was used')),
 };
 
 test('zstd-native: the zstd-napi addon loads', { skip: optOut ? 'QCOW2KIT_NO_NATIVE_ZSTD=1' : false }, () => {
@@ -27,6 +30,14 @@ test('zstd-native: the zstd-napi addon loads', { skip: optOut ? 'QCOW2KIT_NO_NAT
 if (zstdNativeAvailable()) {
   const dec = nativeZstdDecompressor(noFallback);
   zstdDecoderContract('zstd-native', dec, encode);
+  // The native encoder against the WebAssembly library as the independent reference.
+  codecContract({
+    name: 'zstd-native',
+    decompressor: dec,
+    compressor: nativeZstdCompressor(noFallbackCompressor),
+    encode,
+    referenceDecode: (stream) => decompress(stream),
+  });
 
   test('zstd-native: clusters of every size, sector-rounded with trailing bytes', async () => {
     for (const size of [512, 4096, 65536, 2 * 1024 * 1024]) {

@@ -12,7 +12,7 @@ import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
 import { decodeZstdFrames } from './zstd-frame.js';
 
 /** QEMU compresses with ZSTD_CLEVEL_DEFAULT. */
-const ZSTD_DEFAULT_LEVEL = 3;
+export const ZSTD_DEFAULT_LEVEL = 3;
 
 let ready: Promise<void> | undefined;
 let initialized = false;
