@@ -52,7 +52,7 @@ export class NodeFileStorage implements Storage {
     const want = Math.max(0, Math.min(dst.byteLength, this.#size - offset));
     let done = 0;
     while (done < want) {
-      const bytesRead = await readAt(this.#fh.fd, dst, done, want - done, offset + done);
+      const bytesRead = await this.#track(readAt(this.#fh.fd, dst, done, want - done, offset + done));
       if (bytesRead === 0) break; // file shrank underneath us: rest reads as zero
       done += bytesRead;
     }
@@ -63,10 +63,20 @@ export class NodeFileStorage implements Storage {
     if (this.readOnly) throw new Qcow2Error('READ_ONLY', `${this.name}: file is open read-only`);
     let done = 0;
     while (done < src.byteLength) {
-      const bytesWritten = await writeAt(this.#fh.fd, src, done, src.byteLength - done, offset + done);
+      const bytesWritten = await this.#track(writeAt(this.#fh.fd, src, done, src.byteLength - done, offset + done));
       done += bytesWritten;
     }
     if (offset + src.byteLength > this.#size) this.#size = offset + src.byteLength;
+  }
+
+  /** Operations on the bare descriptor still running (close waits for them). */
+  readonly #inFlight = new Set<Promise<number>>();
+
+  #track(op: Promise<number>): Promise<number> {
+    this.#inFlight.add(op);
+    const done = (): void => void this.#inFlight.delete(op);
+    op.then(done, done);
+    return op;
   }
 
   async size(): Promise<number> {
@@ -84,6 +94,9 @@ export class NodeFileStorage implements Storage {
   }
 
   async close(): Promise<void> {
+    // FileHandle.close() waits only for its own operations; ours use the bare descriptor, and
+    // closing under them could let a new file reuse the number while they are in flight.
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
     await this.#fh.close();
   }
 
