@@ -47,7 +47,8 @@ export function createNodeCodecs(options: NodeCodecOptions = {}): NodeCodecSet {
   const pool = new ZstdWorkerPool({ threads: options.zstdThreads ?? defaultZstdThreads() });
   // Decoding stays on the calling thread: measured here, worker threads cost ~40 MiB of memory
   // each and did not read faster on 2 cores. zlib compression runs on libuv's thread pool,
-  // which uses every core without a JavaScript isolate per thread; zstd needs the workers.
+  // which uses every core without a JavaScript isolate per thread; WebAssembly zstd needs the
+  // workers for that.
   const zlibDecompressor: ClusterDecompressor = { decompress: async (src, dst) => inflateSyncNode(src, dst) };
   const native = options.zstdNative !== false;
   const zstdDecompressor = native ? nativeZstdDecompressor(zstdInThreadDecompressor) : zstdInThreadDecompressor;

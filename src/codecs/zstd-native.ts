@@ -32,7 +32,8 @@ function nativeBinding(): NativeBinding | null {
   return binding;
 }
 
-// One context each for every frame, like the WebAssembly path (a context per frame costs ~20 µs).
+// One context of each kind, reused for every frame like the WebAssembly path does (a context
+// per frame costs ~20 µs).
 let frameDecoder: ZstdFrameDecoder | undefined;
 let compressor: InstanceType<NativeBinding['CCtx']> | undefined;
 
