@@ -87,9 +87,13 @@ export function allocatedRun(words: Int32Array, first: number, n: number, sector
  * Returns sectors to write (positive) or to treat as zeros (negative).
  */
 export function allocatedRunMin(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
+  const probed = dataRunByProbes(words, first, n, sectorNum, Math.min(min, n), alignment);
+  return probed > 0 ? probed : allocatedRunMinByScan(words, first, n, sectorNum, min, alignment);
+}
+
+/** {@link allocatedRunMin} by qemu's loop alone, sector run after sector run. */
+export function allocatedRunMinByScan(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
   if (n < min) min = n;
-  const probed = dataRunByProbes(words, first, n, sectorNum, min, alignment);
-  if (probed > 0) return probed;
   const head = allocatedRun(words, first, n, sectorNum, alignment);
   if (head <= 0) return head;
   let used = head;
