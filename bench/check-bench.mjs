@@ -194,7 +194,7 @@ for (const [name, build] of Object.entries(IMAGES)) {
       copyFileSync(src, q);
       copyFileSync(src, k);
       const qr = timed(qDir, 'qemu-img', ['check', ...extra, 'img.qcow2']);
-      const kr = timed(kDir, process.execPath, [cli, 'check', ...extra, 'img.qcow2']);
+      const kr = timed(kDir, cli, ['check', ...extra, 'img.qcow2']);
       times.qemu.push(qr.ms);
       times.ours.push(kr.ms);
       agree &&= qr.code === kr.code && sameOutput(qDir, kDir);

@@ -282,13 +282,13 @@ async function benchConvert(name, image) {
   };
   const row = await compareTools(
     name,
-    [process.execPath, [cli, 'convert', '-O', 'raw', image, oursOut]],
+    [cli, ['convert', '-O', 'raw', image, oursOut]],
     ['qemu-img', ['convert', '-O', 'raw', image, qemuOut]],
     {
       prepare: clean,
       verify: () => {
         // Last run of each left its output (prepare deletes both before each run, so redo one).
-        spawnSync(process.execPath, [cli, 'convert', '-O', 'raw', image, oursOut]);
+        spawnSync(cli, ['convert', '-O', 'raw', image, oursOut]);
         spawnSync('qemu-img', ['convert', '-O', 'raw', image, qemuOut]);
         const same = spawnSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', oursOut, qemuOut]).status === 0;
         clean();
@@ -304,11 +304,11 @@ async function benchMap(name, image) {
   const qemuOut = join(outDir, `${name}.qemu.json`);
   return compareTools(
     name,
-    [process.execPath, [cli, 'map', '--output=json', image], '/dev/null'],
+    [cli, ['map', '--output=json', image], '/dev/null'],
     ['qemu-img', ['map', '--output=json', image], '/dev/null'],
     {
       verify: () => {
-        const o = spawnSync(process.execPath, [cli, 'map', '--output=json', image], { maxBuffer: 512 * MiB });
+        const o = spawnSync(cli, ['map', '--output=json', image], { maxBuffer: 512 * MiB });
         const q = spawnSync('qemu-img', ['map', '--output=json', image], { maxBuffer: 512 * MiB });
         let same = false;
         try {
@@ -332,7 +332,7 @@ async function benchMap(name, image) {
  * of a short case's ratio is start-up.
  */
 async function benchStartup() {
-  return compareTools('startup', [process.execPath, [cli, '--version']], ['qemu-img', ['--version']]);
+  return compareTools('startup', [cli, ['--version']], ['qemu-img', ['--version']]);
 }
 
 // --- main ----------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ async function benchWrite() {
   return compareTools(
     'bench',
     {
-      ours: [process.execPath, [cli, ...benchArgs, img.ours]],
+      ours: [cli, [...benchArgs, img.ours]],
       qemu: ['qemu-img', [...benchArgs, img.qemu]],
     },
     {
@@ -210,7 +210,7 @@ async function benchWrite() {
       verify: () => {
         // One more pair, kept for the checks: same content, ours clean, same first line.
         fresh('ours');
-        const o = sh(process.execPath, [cli, ...benchArgs, img.ours]);
+        const o = sh(cli, [...benchArgs, img.ours]);
         sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=64k', img.qemu, String(BENCH_IMAGE_SIZE)]);
         const q = sh('qemu-img', [...benchArgs, img.qemu]);
         const same = spawnSync('qemu-img', ['compare', '-q', img.ours, img.qemu]).status === 0;
@@ -277,7 +277,7 @@ function convertUnsupported(extra) {
   const src = join(workDir, 'probe.raw');
   const dst = join(workDir, 'probe.qcow2');
   writeFileSync(src, new Uint8Array(1 * MiB).fill(1));
-  const r = spawnSync(process.execPath, [cli, 'convert', ...extra, '-O', 'qcow2', src, dst], { encoding: 'utf8' });
+  const r = spawnSync(cli, ['convert', ...extra, '-O', 'qcow2', src, dst], { encoding: 'utf8' });
   rmSync(src, { force: true });
   rmSync(dst, { force: true });
   return r.status === 0 ? null : (r.stderr.trim().split('\n')[0] ?? `exit ${r.status}`);
@@ -298,13 +298,13 @@ async function benchConvert(name, extra) {
   const row = await compareTools(
     name,
     {
-      ours: [process.execPath, [cli, 'convert', ...extra, '-O', 'qcow2', src, out.ours]],
+      ours: [cli, ['convert', ...extra, '-O', 'qcow2', src, out.ours]],
       qemu: ['qemu-img', ['convert', ...extra, '-O', 'qcow2', src, out.qemu]],
     },
     {
       prepare: clean,
       verify: () => {
-        sh(process.execPath, [cli, 'convert', ...extra, '-O', 'qcow2', src, out.ours]);
+        sh(cli, ['convert', ...extra, '-O', 'qcow2', src, out.ours]);
         sh('qemu-img', ['convert', ...extra, '-O', 'qcow2', src, out.qemu]);
         const same = spawnSync('qemu-img', ['compare', '-q', '-f', 'raw', src, out.ours]).status === 0;
         const size = { oursFileBytes: lstatSync(out.ours).size, qemuFileBytes: lstatSync(out.qemu).size };
