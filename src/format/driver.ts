@@ -28,6 +28,20 @@ export type Mapping =
 
 export type MappingKind = Mapping['kind'];
 
+/**
+ * Run kinds in a {@link FormatDriver.mapRuns} buffer. `*Alloc` kinds sit on host space (their
+ * host offset is set); the others have none, except `Compressed`, whose host offset is where
+ * its stored bytes start.
+ */
+export const RunKind = { Unallocated: 0, UnallocatedAlloc: 1, Zero: 2, ZeroAlloc: 3, Data: 4, Compressed: 5 } as const;
+export type RunKind = (typeof RunKind)[keyof typeof RunKind];
+
+/**
+ * Numbers per run in a {@link FormatDriver.mapRuns} buffer: kind ({@link RunKind}), length,
+ * host offset (0 when the kind has none), stored length (compressed runs only).
+ */
+export const RUN_FIELDS = 4;
+
 /** A compressed mapping and the cluster-sized buffer its decoded cluster goes to. */
 export interface CompressedRead {
   readonly mapping: Extract<Mapping, { kind: 'compressed' }>;
@@ -98,6 +112,16 @@ export interface FormatDriver {
    * sparse images from paying a promise per run.
    */
   getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping>;
+  /**
+   * Optional fast path for scans over many small runs (`map`): the runs `getMapping` would
+   * answer one by one from `offset` (at most `maxLength` bytes), written into `out` as
+   * {@link RUN_FIELDS} numbers each, as many as fit; returns how many (at least one before the
+   * end of the disk). A promise when metadata must be loaded first. Host offsets are in
+   * `dataStorage`; a compressed run never spans two clusters.
+   */
+  mapRuns?(offset: number, maxLength: number, out: Float64Array): number | Promise<number>;
+  /** Where `data` mappings point: the image file itself or its external data file. */
+  readonly dataStorage: Storage;
   /** Decode the compressed cluster a `compressed` mapping points into. `dst.length === clusterSize`. */
   readCompressed(mapping: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void>;
   /**

@@ -13,7 +13,8 @@ type Run = Omit<BlockStatus, 'offset'>;
 /** An ImageReader whose block status follows `runs`, answering at most `granularity` bytes per call. */
 class ScriptedImage implements ImageReader {
   readonly size: number;
-  readonly driver = undefined as unknown as FormatDriver;
+  /** No mapRuns: block status answers every run. */
+  readonly driver = {} as FormatDriver;
   readonly backing = undefined;
   readonly calls: Array<[number, number]> = [];
   readonly #runs: Array<{ start: number; run: Run }> = [];

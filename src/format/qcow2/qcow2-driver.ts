@@ -3,7 +3,7 @@ import { invalidImage, Qcow2Error } from '../../errors.js';
 import type { Storage } from '../../storage/storage.js';
 import { AsyncMutex } from '../../util/async-mutex.js';
 import { viewOf } from '../../util/bytes.js';
-import type { CompressedRead, DependencyRequest, FormatDriver, Mapping } from '../driver.js';
+import { RUN_FIELDS, RunKind, type CompressedRead, type DependencyRequest, type FormatDriver, type Mapping } from '../driver.js';
 import { readBitmapDirectory } from './read-bitmaps.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, hasBit, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './features.js';
 import {
@@ -43,16 +43,6 @@ const L2_READ_AHEAD = 4;
 
 const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mapping;
 
-/** Cluster kinds after reading an L2 entry (QEMU's subcluster types). */
-const enum Unit {
-  Unallocated,
-  /** Extended L2: an unallocated subcluster inside an allocated cluster. */
-  UnallocatedAlloc,
-  Zero,
-  ZeroAlloc,
-  Data,
-  Compressed,
-}
 
 /**
  * Read-side qcow2 driver: parses and validates the header area at open, then answers mapping
@@ -83,6 +73,8 @@ export class Qcow2Driver implements FormatDriver {
   readonly bitmaps: Qcow2Bitmaps;
   readonly #clusterBits: number;
   readonly #ownsDataStorage: boolean;
+  /** One run, for getMapping. */
+  readonly #run = new Float64Array(RUN_FIELDS);
 
   private constructor(storage: Storage, meta: Qcow2Metadata, l1: DataView, l1Entries: number, opts: Qcow2OpenOptions, snapshot: SnapshotEntry | undefined, refcounts: Refcounts | undefined) {
     this.storage = storage;
@@ -198,8 +190,46 @@ export class Qcow2Driver implements FormatDriver {
     return this.meta.header.size;
   }
 
+  /** The image file, or its external data file. */
+  get dataStorage(): Storage {
+    return this.meta.dataStorage;
+  }
+
   getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping> {
-    if (offset >= this.size || maxLength <= 0) return EOF_MAPPING;
+    const n = this.mapRuns(offset, maxLength, this.#run);
+    if (typeof n === 'number') return this.#runMapping(offset, n);
+    // `#run` is shared: once the table is loaded, ask again (answered at once from the cache)
+    // rather than read a run another call may have overwritten meanwhile.
+    return n.then(() => this.getMapping(offset, maxLength));
+  }
+
+  /** The first run in `#run` as a Mapping (`count` 0: the end of the disk). */
+  #runMapping(offset: number, count: number): Mapping {
+    if (count === 0) return EOF_MAPPING;
+    const r = this.#run;
+    const kind = r[0]!;
+    const length = r[1]!;
+    const hostOffset = r[2]!;
+    switch (kind) {
+      case RunKind.Data:
+        return { kind: 'data', length, storage: this.meta.dataStorage, hostOffset };
+      case RunKind.ZeroAlloc:
+        return { kind: 'zero', length, storage: this.meta.dataStorage, hostOffset };
+      case RunKind.Zero:
+        return { kind: 'zero', length };
+      case RunKind.UnallocatedAlloc:
+        return { kind: 'unallocated', length, storage: this.meta.dataStorage, hostOffset };
+      case RunKind.Compressed: {
+        const cs = this.clusterSize;
+        return { kind: 'compressed', length, clusterGuestOffset: offset - (offset % cs), hostOffset, compressedLength: r[3]! };
+      }
+      default:
+        return { kind: 'unallocated', length };
+    }
+  }
+
+  mapRuns(offset: number, maxLength: number, out: Float64Array): number | Promise<number> {
+    if (offset >= this.size || maxLength <= 0 || out.length < RUN_FIELDS) return 0;
     const cs = this.clusterSize;
     const l2Entries = this.meta.l2Entries;
     const clusterIndex = Math.floor(offset / cs);
@@ -208,14 +238,20 @@ export class Qcow2Driver implements FormatDriver {
     const end = Math.min(offset + maxLength, this.size, (l1Index + 1) * l2Span);
     const { l1, l1Entries } = this.state;
     const l2Offset = l1Index < l1Entries ? entryOffset(l1.getUint32(l1Index * 8), l1.getUint32(l1Index * 8 + 4)) : 0;
-    if (l2Offset === 0) return { kind: 'unallocated', length: end - offset };
+    if (l2Offset === 0) {
+      out[0] = RunKind.Unallocated;
+      out[1] = end - offset;
+      out[2] = 0;
+      out[3] = 0;
+      return 1;
+    }
     if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
     const cached = this.state.l2.get(l2Offset);
-    if (cached instanceof Uint8Array) return this.#mapInTable(cached, offset, end, l1Index, l2Offset);
+    if (cached instanceof Uint8Array) return this.#scanTable(cached, offset, end, l1Index, l2Offset, out);
     this.#readAheadL2(l1Index);
-    return cached.then((t) => this.#mapInTable(t, offset, end, l1Index, l2Offset));
+    return cached.then((t) => this.#scanTable(t, offset, end, l1Index, l2Offset, out));
   }
 
   /**
@@ -233,8 +269,11 @@ export class Qcow2Driver implements FormatDriver {
     }
   }
 
-  /** The run from `offset` (before `end`, inside L2 table `l1Index`) described by that table. */
-  #mapInTable(tableBytes: Uint8Array, offset: number, end: number, l1Index: number, l2Offset: number): Mapping {
+  /**
+   * The runs from `offset` to `end` (inside L2 table `l1Index`) described by that table, into
+   * `out` as mapRuns documents; stops early when `out` is full. Returns the number of runs.
+   */
+  #scanTable(tableBytes: Uint8Array, offset: number, end: number, l1Index: number, l2Offset: number, out: Float64Array): number {
     const cs = this.clusterSize;
     const bits = this.#clusterBits;
     const l2Span = this.meta.l2Entries * cs;
@@ -243,16 +282,18 @@ export class Qcow2Driver implements FormatDriver {
     const unitBits = ext ? bits - 5 : bits;
     const unit = 2 ** unitBits;
     const l2Base = l1Index * l2Span;
+    const wordsPerEntry = ext ? 4 : 2;
+    const maxRuns = Math.floor(out.length / RUN_FIELDS);
 
+    let runs = 0;
     let pos = offset;
-    let first = true;
-    let kind = Unit.Unallocated;
+    let runStart = offset;
+    let kind = -1; // no run open
     let expectHost = 0;
     let hostful = false;
-    const wordsPerEntry = ext ? 4 : 2;
     while (pos < end) {
       let rel = pos - l2Base;
-      if (!first && kind === Unit.Unallocated && !hostful && rel % cs === 0) {
+      if (kind === RunKind.Unallocated && rel % cs === 0) {
         // Sparse images are mostly all-zero entries: skip them without decoding each one.
         let w = (rel / cs) * wordsPerEntry;
         const stop = Math.ceil((end - l2Base) / cs) * wordsPerEntry;
@@ -272,42 +313,41 @@ export class Qcow2Driver implements FormatDriver {
       const sub = ext ? Math.floor((rel % cs) / unit) : 0;
       const k = this.#classify(hi, lo, ext ? table.getUint32(e + 8) : 0, ext ? table.getUint32(e + 12) : 0, sub, l2Offset, l2Index);
       const unitStart = l2Base + l2Index * cs + sub * unit;
-      if (k === Unit.Compressed) {
-        if (!first) break;
+      if (k === RunKind.Compressed) {
+        if (kind !== -1) {
+          putRun(out, runs++, kind, pos - runStart, hostful ? expectHost - (pos - runStart) : 0, 0);
+          kind = -1;
+          if (runs === maxRuns) return runs;
+        }
         const d = decodeCompressed(hi, lo, bits);
         if (d.hostOffset + d.length > MAX_HOST_OFFSET) {
           throw new Qcow2Error('CORRUPT', `Compressed cluster offset ${hex(d.hostOffset)} out of range (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index });
         }
-        const clusterStart = l2Base + l2Index * cs;
-        return { kind: 'compressed', length: Math.min(end, clusterStart + cs) - pos, clusterGuestOffset: clusterStart, hostOffset: d.hostOffset, compressedLength: d.length };
+        const next = Math.min(end, l2Base + l2Index * cs + cs);
+        putRun(out, runs++, k, next - pos, d.hostOffset, d.length);
+        if (runs === maxRuns) return runs;
+        pos = next;
+        runStart = next;
+        continue;
       }
-      const hasHost = k === Unit.Data || k === Unit.ZeroAlloc || k === Unit.UnallocatedAlloc;
+      const hasHost = k === RunKind.Data || k === RunKind.ZeroAlloc || k === RunKind.UnallocatedAlloc;
       const host = hasHost ? this.#hostOffset(hi, lo, l2Offset, l2Index) + sub * unit + (pos - unitStart) : 0;
-      if (first) {
+      if (kind !== k || (hostful && host !== expectHost)) {
+        if (kind !== -1) {
+          putRun(out, runs++, kind, pos - runStart, hostful ? expectHost - (pos - runStart) : 0, 0);
+          if (runs === maxRuns) return runs;
+        }
         kind = k;
         hostful = hasHost;
         expectHost = host;
-        first = false;
-      } else if (k !== kind || (hostful && host !== expectHost)) {
-        break;
+        runStart = pos;
       }
       const next = Math.min(end, unitStart + unit);
       expectHost += next - pos;
       pos = next;
     }
-    const length = pos - offset;
-    switch (kind) {
-      case Unit.Data:
-        return { kind: 'data', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
-      case Unit.ZeroAlloc:
-        return { kind: 'zero', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
-      case Unit.Zero:
-        return { kind: 'zero', length };
-      case Unit.UnallocatedAlloc:
-        return { kind: 'unallocated', length, storage: this.meta.dataStorage, hostOffset: expectHost - length };
-      default:
-        return { kind: 'unallocated', length };
-    }
+    if (kind !== -1) putRun(out, runs++, kind, pos - runStart, hostful ? expectHost - (pos - runStart) : 0, 0);
+    return runs;
   }
 
   async readCompressed(m: Extract<Mapping, { kind: 'compressed' }>, dst: Uint8Array): Promise<void> {
@@ -363,34 +403,42 @@ export class Qcow2Driver implements FormatDriver {
     return off;
   }
 
-  #classify(hi: number, lo: number, bmHi: number, bmLo: number, sub: number, l2Offset: number, l2Index: number): Unit {
+  #classify(hi: number, lo: number, bmHi: number, bmLo: number, sub: number, l2Offset: number, l2Index: number): RunKind {
     if (isCompressed(hi)) {
       if (this.meta.dataStorage !== this.storage) {
         throw new Qcow2Error('CORRUPT', `Compressed cluster in an image with an external data file (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, { l2Offset, l2Index });
       }
-      return Unit.Compressed;
+      return RunKind.Compressed;
     }
     const offset = entryOffset(hi, lo);
     const allocated = offset !== 0 || (this.#ownsDataStorage && isCopied(hi));
     if (!this.meta.extendedL2) {
-      if (isZeroFlag(lo)) return allocated ? Unit.ZeroAlloc : Unit.Zero;
-      return allocated ? Unit.Data : Unit.Unallocated;
+      if (isZeroFlag(lo)) return allocated ? RunKind.ZeroAlloc : RunKind.Zero;
+      return allocated ? RunKind.Data : RunKind.Unallocated;
     }
     // Extended L2: bitmap low word = allocated subclusters, high word = zero subclusters.
     const allocBit = (bmLo >>> sub) & 1;
     const zeroBit = (bmHi >>> sub) & 1;
     if (allocated) {
       if ((bmHi & bmLo) !== 0) throw invalidEntry(l2Offset, l2Index);
-      if (zeroBit) return Unit.ZeroAlloc;
-      return allocBit ? Unit.Data : Unit.UnallocatedAlloc;
+      if (zeroBit) return RunKind.ZeroAlloc;
+      return allocBit ? RunKind.Data : RunKind.UnallocatedAlloc;
     }
     if (bmLo !== 0) throw invalidEntry(l2Offset, l2Index);
-    return zeroBit ? Unit.Zero : Unit.Unallocated;
+    return zeroBit ? RunKind.Zero : RunKind.Unallocated;
   }
 }
 
 /** DataView and 32-bit word view of a cached table, made once per table. */
 const viewCache = new WeakMap<Uint8Array, { view: DataView; words: Uint32Array }>();
+
+function putRun(out: Float64Array, i: number, kind: number, length: number, hostOffset: number, storedLength: number): void {
+  const f = i * RUN_FIELDS;
+  out[f] = kind;
+  out[f + 1] = length;
+  out[f + 2] = hostOffset;
+  out[f + 3] = storedLength;
+}
 
 function tableViews(bytes: Uint8Array): { view: DataView; words: Uint32Array } {
   let v = viewCache.get(bytes);

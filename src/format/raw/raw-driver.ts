@@ -16,6 +16,10 @@ export class RawDriver implements FormatDriver {
   readonly clusterSize = 512;
   readonly backing: DependencyRequest | undefined = undefined;
   readonly storage: Storage;
+  /** Guest offset = host offset in the file itself. */
+  get dataStorage(): Storage {
+    return this.storage;
+  }
   readonly writer: DriverWriter | undefined;
   #fileSize: number;
 
