@@ -1,18 +1,21 @@
 #!/usr/bin/env node
 // Bundles the compiled CLI (dist/cli/main.js and everything it imports) into one CommonJS file,
-// dist/cli/qcow2kit.cjs, which bin/qcow2kit loads. Node 20 resolves, reads and compiles every
+// dist/cli/qcow2kit.cjs, which bin/qcow2kit runs through bin/load-cli.cjs. Node 20 resolves, reads and compiles every
 // ES module separately (~50 ms of each run's start-up over ~100 modules), and starts a CommonJS
 // entry point ~10-20 ms sooner than an ES one. The library entry points (dist/index.js,
 // dist/node.js) stay unbundled ES modules.
 // The bundle sits next to main.js so that paths built from import.meta.url stay valid.
 import { build } from 'esbuild';
+import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
-await build({
+const outfile = join(repo, 'dist', 'cli', 'qcow2kit.cjs');
+const result = await build({
   entryPoints: [join(repo, 'dist', 'cli', 'main.js')],
-  outfile: join(repo, 'dist', 'cli', 'qcow2kit.cjs'),
+  outfile,
   bundle: true,
   platform: 'node',
   format: 'cjs',
@@ -23,4 +26,15 @@ await build({
   // Loads its .wasm file relative to itself.
   external: ['@bokuweb/zstd-wasm'],
   logLevel: 'warning',
+  write: false,
 });
+let code = result.outputFiles[0].text;
+// bin/load-cli.cjs compiles the bundle with vm.Script (to use a code cache), where import() has
+// no loader: the lazily loaded externals (the zstd WebAssembly package, node: modules) are
+// required instead; both are CommonJS to Node.
+code = code.replace(/\bimport\(("(?:@bokuweb\/zstd-wasm|node:[a-z/_]+)")\)/g, 'Promise.resolve().then(() => require($1))');
+const left = /\bimport\(/.exec(code);
+if (left) throw new Error(`bundle-cli: dynamic import left in the bundle: ${code.slice(left.index, left.index + 60)}`);
+// The first line names this build (a hash of the code): a code cache is used only with it.
+const id = createHash('sha256').update(code).digest('hex').slice(0, 16);
+writeFileSync(outfile, `// qcow2kit CLI bundle, build ${id}\n${code}`);
