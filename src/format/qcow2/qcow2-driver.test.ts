@@ -208,3 +208,40 @@ test('the default policy denies backing files', async () => {
   const top = buildQcow2({ size: CS, backingName: '/etc/passwd' });
   await assert.rejects(openImage(new MemoryStorage(top), { format: 'qcow2', codecs: zlibOnly }), (e: unknown) => e instanceof Qcow2Error && e.code === 'DEPENDENCY_DENIED');
 });
+
+test('concurrent mappings over more L2 tables than the cache holds all resolve to their own run', { timeout: 20_000 }, async () => {
+  // 512 B clusters: 64 entries per L2 table; 48 tables, a two-table cache. Every lookup misses
+  // and each load evicts a table another lookup is waiting for.
+  const tables = 48;
+  const entries = Array.from({ length: tables }, (_, t) => ({ cluster: t * 64 + (t % 64), kind: 'data' as const }));
+  const drv = await open(buildQcow2({ clusterBits: 9, size: tables * 64 * 512, entries }), { l2CacheBytes: 1024 });
+  const maps = await Promise.all(entries.map((e) => drv.getMapping(e.cluster * 512, 512)));
+  const hosts = new Set<number>();
+  for (const [i, m] of maps.entries()) {
+    assert.equal(m.kind, 'data', `table ${i}`);
+    assert.equal(m.length, 512);
+    if (m.kind === 'data') hosts.add(m.hostOffset);
+  }
+  assert.equal(hosts.size, tables, 'each lookup got the run of its own table');
+});
+
+test('a mapping is answered from a table loaded into a cache full of dirty tables', { timeout: 10_000 }, async () => {
+  // Two-table cache: writes leave tables 0 and 1 dirty, so a loaded table 2 is the only one
+  // that can be evicted, at once. The lookup must use the table it loaded, not ask again.
+  const entries = [0, 1, 2].map((t) => ({ cluster: t * 64, kind: 'data' as const, bytes: pattern(512, t) }));
+  // Reads finish on a later turn of the event loop, so that a lookup asking again forever
+  // fails by the test's timeout instead of starving it.
+  class LaterStorage extends MemoryStorage {
+    override async read(dst: Uint8Array, offset: number): Promise<void> {
+      await new Promise((resolve) => setImmediate(resolve));
+      return super.read(dst, offset);
+    }
+  }
+  const storage = new LaterStorage(buildQcow2({ clusterBits: 9, size: 3 * 64 * 512, entries }), 'test.qcow2');
+  const drv = await Qcow2Driver.open(storage, { readOnly: false, codecs: zlibOnly, l2CacheBytes: 1024 });
+  const below = async (dst: Uint8Array): Promise<void> => void dst.fill(0);
+  await drv.writer!.writeData(1 * 512, pattern(512, 7), below);
+  await drv.writer!.writeData(64 * 512 + 512, pattern(512, 8), below);
+  const m = await drv.getMapping(128 * 512, 512);
+  assert.equal(m.kind, 'data');
+});

@@ -196,11 +196,9 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   getMapping(offset: number, maxLength: number): Mapping | Promise<Mapping> {
-    const n = this.mapRuns(offset, maxLength, this.#run);
-    if (typeof n === 'number') return this.#runMapping(offset, n);
-    // `#run` is shared: once the table is loaded, ask again (answered at once from the cache)
-    // rather than read a run another call may have overwritten meanwhile.
-    return n.then(() => this.getMapping(offset, maxLength));
+    // `#run` is shared: the run is turned into a Mapping as soon as it is written, also after
+    // a table load, before another call can overwrite it.
+    return this.#withRuns(offset, maxLength, this.#run, (n) => this.#runMapping(offset, n));
   }
 
   /** The first run in `#run` as a Mapping (`count` 0: the end of the disk). */
@@ -229,7 +227,12 @@ export class Qcow2Driver implements FormatDriver {
   }
 
   mapRuns(offset: number, maxLength: number, out: Float64Array): number | Promise<number> {
-    if (offset >= this.size || maxLength <= 0 || out.length < RUN_FIELDS) return 0;
+    return this.#withRuns(offset, maxLength, out, runCount);
+  }
+
+  /** mapRuns, then `done(count)` right after the runs are written (at once when cached). */
+  #withRuns<T>(offset: number, maxLength: number, out: Float64Array, done: (count: number) => T): T | Promise<T> {
+    if (offset >= this.size || maxLength <= 0 || out.length < RUN_FIELDS) return done(0);
     const cs = this.clusterSize;
     const l2Entries = this.meta.l2Entries;
     const clusterIndex = Math.floor(offset / cs);
@@ -243,15 +246,15 @@ export class Qcow2Driver implements FormatDriver {
       out[1] = end - offset;
       out[2] = 0;
       out[3] = 0;
-      return 1;
+      return done(1);
     }
     if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
     const cached = this.state.l2.get(l2Offset);
-    if (cached instanceof Uint8Array) return this.#scanTable(cached, offset, end, l1Index, l2Offset, out);
+    if (cached instanceof Uint8Array) return done(this.#scanTable(cached, offset, end, l1Index, l2Offset, out));
     this.#readAheadL2(l1Index);
-    return cached.then((t) => this.#scanTable(t, offset, end, l1Index, l2Offset, out));
+    return cached.then((t) => done(this.#scanTable(t, offset, end, l1Index, l2Offset, out)));
   }
 
   /**
@@ -431,6 +434,8 @@ export class Qcow2Driver implements FormatDriver {
 
 /** DataView and 32-bit word view of a cached table, made once per table. */
 const viewCache = new WeakMap<Uint8Array, { view: DataView; words: Uint32Array }>();
+
+const runCount = (count: number): number => count;
 
 function putRun(out: Float64Array, i: number, kind: number, length: number, hostOffset: number, storedLength: number): void {
   const f = i * RUN_FIELDS;
