@@ -27,22 +27,31 @@ const DIST_EXTRA = Uint8Array.of(0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6,
   13, 13);
 const CL_ORDER = Uint8Array.of(16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15);
 
+// Symbol and fixed-code tables, built on the first compression: every CLI run loads this
+// module, few compress with it (Node uses node:zlib).
 /** Length (3..258) -> length symbol index 0..28. */
-const LENGTH_SYMBOL = new Uint8Array(MAX_MATCH + 1);
-for (let s = 0; s < 29; s++) {
-  const top = s === 28 ? MAX_MATCH : LENGTH_BASE[s]! + (1 << LENGTH_EXTRA[s]!) - 1;
-  for (let l = LENGTH_BASE[s]!; l <= top; l++) LENGTH_SYMBOL[l] = s;
-}
-LENGTH_SYMBOL[MAX_MATCH] = 28;
-
-function distSymbol(dist: number): number {
-  let s = 0;
-  while (s < 29 && DIST_BASE[s + 1]! <= dist) s++;
-  return s;
-}
+let LENGTH_SYMBOL: Uint8Array = new Uint8Array(0);
 /** Distance (1..4096) -> distance symbol. */
-const DIST_SYMBOL = new Uint8Array(WINDOW + 1);
-for (let d = 1; d <= WINDOW; d++) DIST_SYMBOL[d] = distSymbol(d);
+let DIST_SYMBOL: Uint8Array = new Uint8Array(0);
+let FIXED_LIT_LENGTHS: Uint8Array = new Uint8Array(0);
+let FIXED_DIST_LENGTHS: Uint8Array = new Uint8Array(0);
+let FIXED_LIT_CODES: Uint16Array = new Uint16Array(0);
+let FIXED_DIST_CODES: Uint16Array = new Uint16Array(0);
+
+function buildTables(): void {
+  LENGTH_SYMBOL = new Uint8Array(MAX_MATCH + 1);
+  for (let s = 0; s < 29; s++) {
+    const top = s === 28 ? MAX_MATCH : LENGTH_BASE[s]! + (1 << LENGTH_EXTRA[s]!) - 1;
+    for (let l = LENGTH_BASE[s]!; l <= top; l++) LENGTH_SYMBOL[l] = s;
+  }
+  LENGTH_SYMBOL[MAX_MATCH] = 28;
+  DIST_SYMBOL = new Uint8Array(WINDOW + 1);
+  for (let s = 0; s < 30 && DIST_BASE[s]! <= WINDOW; s++) DIST_SYMBOL.fill(s, DIST_BASE[s]!, Math.min(WINDOW + 1, DIST_BASE[s]! + (1 << DIST_EXTRA[s]!)));
+  FIXED_LIT_LENGTHS = new Uint8Array(288).fill(8, 0, 144).fill(9, 144, 256).fill(7, 256, 280).fill(8, 280, 288);
+  FIXED_DIST_LENGTHS = new Uint8Array(30).fill(5);
+  FIXED_LIT_CODES = canonicalCodes(FIXED_LIT_LENGTHS);
+  FIXED_DIST_CODES = canonicalCodes(FIXED_DIST_LENGTHS);
+}
 
 /** Reverse the low `length` bits: DEFLATE sends Huffman codes most-significant bit first. */
 function reverseBits(code: number, length: number): number {
@@ -120,12 +129,6 @@ function canonicalCodes(lengths: Uint8Array): Uint16Array {
   }
   return codes;
 }
-
-const FIXED_LIT_LENGTHS = new Uint8Array(288);
-FIXED_LIT_LENGTHS.fill(8, 0, 144).fill(9, 144, 256).fill(7, 256, 280).fill(8, 280, 288);
-const FIXED_DIST_LENGTHS = new Uint8Array(30).fill(5);
-const FIXED_LIT_CODES = canonicalCodes(FIXED_LIT_LENGTHS);
-const FIXED_DIST_CODES = canonicalCodes(FIXED_DIST_LENGTHS);
 
 /** LSB-first bit writer into a buffer sized for the worst case. */
 class BitWriter {
@@ -271,6 +274,7 @@ function writeBlock(w: BitWriter, block: Block, final: boolean): void {
  * ```
  */
 export function deflateRawWindow4k(src: Uint8Array, limit: number): Uint8Array | undefined {
+  if (DIST_SYMBOL.length === 0) buildTables();
   const n = src.byteLength;
   const blocks = Math.ceil(n / BLOCK_SYMBOLS) + 1;
   const w = new BitWriter(n + (n >>> 3) + 400 * blocks + 16);
