@@ -41,7 +41,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
     const writer = output === 'json' ? mapJsonWriter(sink, { start }) : mapHumanWriter(sink);
     const range = maxLength === undefined ? { start } : { start, length: maxLength };
     for await (const batch of mapEntryBatches(image, range)) {
-      for (const entry of batch) writer.entry(entry);
+      writer.entries(batch);
       if (pressure) {
         pressure = false;
         await io.stdout.flush();

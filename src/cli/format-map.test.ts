@@ -111,3 +111,25 @@ test('%#x formatting', () => {
   assert.equal(hexAlt(0x10000), '0x10000');
   assert.equal(hexAlt(2 ** 52 + 0xabc), '0x10000000000abc');
 });
+
+test('entries in batches print the same as one by one, whatever the batch boundaries', () => {
+  const all = [...MIXED, ...OVERLAY.map((x) => ({ ...x, start: x.start + 2 * MiB }))];
+  const cases = [[mapJsonWriter, all], [mapHumanWriter, all.filter((x) => !x.compressed)]] as const;
+  for (const [make, entries] of cases) {
+    const render = (feed: (w: ReturnType<typeof make>) => void): string => {
+      let s = '';
+      const w = make((t) => { s += t; });
+      feed(w);
+      w.end();
+      return s;
+    };
+    const single = render((w) => { for (const x of entries) w.entry(x); });
+    assert.ok(single.length > 100);
+    assert.equal(render((w) => w.entries(entries)), single);
+    assert.equal(render((w) => { for (const b of [[], entries.slice(0, 1), entries.slice(1, 4), [], entries.slice(4)]) w.entries(b); }), single);
+  }
+  // Human output stops at compressed data (here the first entry) in a batch too.
+  let text = '';
+  assert.throws(() => mapHumanWriter((t) => { text += t; }).entries(all), Qcow2Error);
+  assert.equal(text, 'Offset          Length          Mapped to       File\n');
+});

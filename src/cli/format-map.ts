@@ -4,9 +4,11 @@ import type { MapEntry } from '../ops/map-entries.js';
 /** Receives output text as it is produced (e.g. `(s) => process.stdout.write(s)`). */
 export type Sink = (text: string) => void;
 
-/** Streams a map: call `entry` for each merged entry in order, then `end`. */
+/** Streams a map: call `entry` (or `entries`) for the merged entries in order, then `end`. */
 export interface MapWriter {
   entry(e: MapEntry): void;
+  /** The next entries at once (one write for the lot). */
+  entries(batch: readonly MapEntry[]): void;
   end(): void;
 }
 
@@ -33,6 +35,12 @@ export function mapJsonWriter(write: Sink, opts: { start?: number } = {}): MapWr
   return {
     entry(e: MapEntry): void {
       write(count++ === 0 ? formatMapEntryJson(e) : `,\n${formatMapEntryJson(e)}`);
+    },
+    entries(batch: readonly MapEntry[]): void {
+      if (batch.length === 0) return;
+      const parts = batch.map(formatMapEntryJson);
+      write(count === 0 ? parts.join(',\n') : `,\n${parts.join(',\n')}`);
+      count += batch.length;
     },
     end(): void {
       if (count === 0) {
@@ -71,6 +79,9 @@ export function mapHumanWriter(write: Sink): MapWriter {
   let first = true;
   write(MAP_HUMAN_HEADER);
   return {
+    entries(batch: readonly MapEntry[]): void {
+      for (const e of batch) this.entry(e);
+    },
     entry(e: MapEntry): void {
       // qemu-img turns every entry after a printed one into "zero, no data" when it reads as
       // zero or has no data, so only the first entry can fail for zero data.
