@@ -43,7 +43,6 @@ const L2_READ_AHEAD = 4;
 
 const EOF_MAPPING: Mapping = Object.freeze({ kind: 'eof', length: 0 }) as Mapping;
 
-
 /**
  * Read-side qcow2 driver: parses and validates the header area at open, then answers mapping
  * queries through an LRU cache of L2 tables.
