@@ -66,8 +66,13 @@ export type BelowReader = (dst: Uint8Array, guestOffset: number) => Promise<void
  * writer never sees two requests racing on one cluster.
  */
 export interface DriverWriter {
-  /** Store guest data, allocating and copying on write as needed. */
-  writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void>;
+  /**
+   * Store guest data, allocating and copying on write as needed. `placed`, when given, may be
+   * called once every cluster the write needs has its place in the file (before the data is
+   * written): writes started after that allocate after this one. Writers that do not call it
+   * are fine; callers also treat completion as placed.
+   */
+  writeData(offset: number, src: Uint8Array, below: BelowReader, placed?: () => void): Promise<void>;
   /** Make the range read as zeros; `unmap` allows freeing the host space. */
   writeZeroes(offset: number, length: number, unmap: boolean, below: BelowReader): Promise<void>;
   /**

@@ -137,7 +137,9 @@ export class Image implements ImageReader {
 
   /**
    * Write guest data. Concurrent writes to overlapping clusters are serialised; everything
-   * else runs in parallel.
+   * else runs in parallel. `placed` is called once the clusters the write needs are allocated,
+   * before its data is written (qcow2; other formats may not call it): a write started after
+   * that allocates after this one, which lets ordered copies overlap their data writes.
    *
    * @example
    * ```ts
@@ -145,10 +147,10 @@ export class Image implements ImageReader {
    * await image.flush();
    * ```
    */
-  async write(src: Uint8Array, offset: number): Promise<void> {
+  async write(src: Uint8Array, offset: number, options: { placed?: (() => void) | undefined } = {}): Promise<void> {
     checkRange(offset, src.byteLength, this.size);
     if (src.byteLength === 0) return;
-    await this.#locked(offset, src.byteLength, (w) => w.writeData(offset, src, this.#below));
+    await this.#locked(offset, src.byteLength, (w) => w.writeData(offset, src, this.#below, options.placed));
   }
 
   /** Make a range read as zeros. With `unmap`, host space may be released. */

@@ -27,8 +27,12 @@ export interface ConvertTarget {
    * `convertImage` then writes clusters that hold data whole.
    */
   readonly wholeClusterSize?: number;
-  /** Write guest bytes at `offset`. */
-  write(src: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Write guest bytes at `offset`. A target that allocates may call `placed` once the write's
+   * place is decided, before its data is written: in-order conversion then lets the next job
+   * write (its allocations still come after this one's).
+   */
+  write(src: Uint8Array, offset: number, placed?: () => void): Promise<void>;
   /** Make `[offset, offset + length)` read as zeros. */
   writeZeroes(offset: number, length: number): Promise<void>;
   /** Make the result durable (qemu-img convert's default cache mode skips this). */

@@ -5,6 +5,11 @@ import { MemoryStorage } from '../storage/memory-storage.js';
 import { convertImage, type ConvertOptions } from './convert.js';
 import { createRawTarget, type ConvertTarget } from './convert-target.js';
 import { FakeImage, type FakeRun } from './fake-image.test.helper.js';
+import { jsCodecs } from '../codecs/codecs-js.js';
+import { planQcow2Image, writeQcow2Image } from '../format/qcow2/create-layout.js';
+import { resolveQcow2CreateOptions } from '../format/qcow2/create-options.js';
+import { openImage } from '../image/open-image.js';
+import { createImageTarget } from './image-target.js';
 
 const K = 1024;
 const M = 1024 * 1024;
@@ -311,5 +316,46 @@ test('convertImage() into a target that takes whole clusters writes clusters hol
       assert.ok(writes.every((w) => w.offset % 512 === 0));
       assert.ok(writes.some((w) => w.offset < 2 * C && w.offset + w.length > 2 * C), 'the short zero cluster is written as data');
     }
+  }
+});
+
+test('convertImage() in order into qcow2 overlaps data writes once clusters are placed, and lays out the file as one at a time does', async () => {
+  // Data with zero clusters inside jobs (64 KiB clusters, 2 MiB jobs), so that some jobs make
+  // several writes and only the last one may pass the turn.
+  const runs: FakeRun[] = [];
+  for (let i = 0; i < 24; i++) runs.push({ length: (i % 3 === 1 ? 3 : 17) * 64 * K, kind: i % 4 === 3 ? 'zero' : 'data' });
+  const size = runs.reduce((n, r) => n + r.length, 0);
+  class SlowWrites extends MemoryStorage {
+    inFlight = 0;
+    maxInFlight = 0;
+    override async write(src: Uint8Array, offset: number): Promise<void> {
+      this.inFlight++;
+      this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+      await new Promise((resolve) => setTimeout(resolve, src.byteLength > 64 * K ? 3 : 0));
+      try {
+        await super.write(src, offset);
+      } finally {
+        this.inFlight--;
+      }
+    }
+  }
+  const convertTo = async (parallel: number, clusterSize: number): Promise<SlowWrites> => {
+    const created = new MemoryStorage(new Uint8Array(0), 'out.qcow2');
+    await writeQcow2Image(planQcow2Image(resolveQcow2CreateOptions({ size, clusterSize })), created);
+    const storage = new SlowWrites(created.bytes().slice(), 'out.qcow2');
+    const image = await openImage(storage, { format: 'qcow2', codecs: jsCodecs, readOnly: false });
+    const target = { ...createImageTarget(image, { zeroInitialized: true }), wholeClusterSize: clusterSize };
+    await convertImage([new FakeImage(runs, { maxDelayMs: 2 })], target, { parallel, inOrder: true });
+    await image.close();
+    return storage;
+  };
+  // 4 KiB clusters: an L2 table covers 2 MiB, so jobs span two tables and write in two steps.
+  for (const clusterSize of [64 * K, 4 * K]) {
+    const one = await convertTo(1, clusterSize);
+    const eight = await convertTo(8, clusterSize);
+    assert.equal(one.maxInFlight, 1);
+    assert.ok(eight.maxInFlight > 1, `data writes overlap (max in flight ${eight.maxInFlight})`);
+    // (A diff of two files this size would not fit in the test's memory.)
+    assert.equal(Buffer.compare(eight.bytes(), one.bytes()), 0, `same file, byte for byte (${clusterSize} B clusters)`);
   }
 });

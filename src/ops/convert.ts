@@ -128,19 +128,21 @@ export async function convertImage(
   // Zero runs of -S or longer always cover whole clusters then, so the same clusters are skipped.
   const fill = cluster === 0 && target.wholeClusterSize !== undefined && minSparse <= target.wholeClusterSize ? target.wholeClusterSize : 0;
 
-  const writeData = async (buf: Uint8Array, words: Int32Array, job: Job): Promise<void> => {
+  // `placed` goes with the job's last write to the target (see ConvertTarget.write), where the
+  // cluster path can tell which one is last; other writes are placed once they complete.
+  const writeData = async (buf: Uint8Array, words: Int32Array, job: Job, placed: () => void): Promise<void> => {
     if (zeroAsData) {
-      await target.write(buf.subarray(0, job.length), job.offset);
+      await target.write(buf.subarray(0, job.length), job.offset, placed);
       result.bytesWritten += job.length;
       return;
     }
-    if (cluster > 0) return writeClusters(buf, job, 0, job.length, cluster);
+    if (cluster > 0) return writeClusters(buf, job, 0, job.length, cluster, placed);
     if (fill === 0) return writeSectors(buf, words, job, 0, job.length);
     // Edges of the job that cover part of a cluster go sector by sector.
     const head = Math.min(job.length, Math.ceil(job.offset / fill) * fill - job.offset);
     const tail = Math.max(head, Math.floor((job.offset + job.length) / fill) * fill - job.offset);
     await writeSectors(buf, words, job, 0, head);
-    await writeClusters(buf, job, head, tail, fill);
+    await writeClusters(buf, job, head, tail, fill, tail === job.length ? placed : undefined);
     await writeSectors(buf, words, job, tail, job.length);
   };
 
@@ -167,14 +169,15 @@ export async function convertImage(
 
   // Whole clusters of [from, to) of the job: runs of clusters holding data are written, runs of
   // all-zero clusters skipped (compressed output, or `fill` above).
-  const writeClusters = async (buf: Uint8Array, job: Job, from: number, to: number, size: number): Promise<void> => {
+  const writeClusters = async (buf: Uint8Array, job: Job, from: number, to: number, size: number, placed?: () => void): Promise<void> => {
     let pos = from;
     while (pos < to) {
       const zero = rangeIsZero(buf, pos, Math.min(pos + size, to));
       let end = Math.min(pos + size, to);
       while (end < to && rangeIsZero(buf, end, Math.min(end + size, to)) === zero) end = Math.min(end + size, to);
       if (!zero) {
-        await target.write(buf.subarray(pos, end), job.offset + pos);
+        // No data after this run: it is the last write of the range.
+        await target.write(buf.subarray(pos, end), job.offset + pos, end === to || rangeIsZero(buf, end, to) ? placed : undefined);
         result.bytesWritten += end - pos;
       } else if (!target.zeroInitialized) {
         await target.writeZeroes(job.offset + pos, end - pos);
@@ -216,13 +219,21 @@ export async function convertImage(
         if (wait) await wait;
         if (failed) return;
         stage = 'write';
+        // In order, the next job may write once this one's last write is placed or done.
+        let turnPassed = false;
+        const passTurn = (): void => {
+          if (inOrder && !turnPassed) {
+            turnPassed = true;
+            gate.done(job.seq);
+          }
+        };
         if (job.kind === 'data' || zeroAsData) {
-          await writeData(buf!, words!, job);
+          await writeData(buf!, words!, job, passTurn);
         } else if (!target.zeroInitialized) {
           await target.writeZeroes(job.offset, job.length);
           result.bytesZeroed += job.length;
         }
-        if (inOrder) gate.done(job.seq);
+        passTurn();
       } catch (e) {
         fail(wrapConvertError(e, `error while ${stage === 'read' ? 'reading' : 'writing'} at byte ${job.offset}`, job.offset, stage));
         return;

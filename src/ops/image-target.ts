@@ -27,8 +27,8 @@ export function createImageTarget(image: Image, options: ImageTargetOptions): Co
     zeroInitialized: options.zeroInitialized,
     // Allocation order then follows guest order, which keeps qcow2 output unfragmented.
     prefersInOrderWrites: true,
-    async write(src, offset) {
-      if (!options.compress) return image.write(src, offset);
+    async write(src, offset, placed) {
+      if (!options.compress) return image.write(src, offset, { placed });
       // Compression works on whole clusters; partial edges (only possible at the disk's end
       // or with unaligned requests) are written normally.
       let pos = offset;

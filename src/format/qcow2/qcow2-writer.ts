@@ -113,13 +113,13 @@ export class Qcow2Writer implements DriverWriter {
   }
 
   /** Write guest data, allocating and copying on write as needed. */
-  async writeData(offset: number, src: Uint8Array, below: BelowReader): Promise<void> {
+  async writeData(offset: number, src: Uint8Array, below: BelowReader, placed?: () => void): Promise<void> {
     this.bitmaps?.markDirty(offset, src.byteLength);
     await this.#beforeMetadataChange();
     let pos = offset;
     const end = offset + src.byteLength;
     while (pos < end) {
-      pos += await this.#writeRun(pos, src.subarray(pos - offset), below);
+      pos += await this.#writeRun(pos, src.subarray(pos - offset), below, end, placed);
     }
     await this.#relieveCaches();
   }
@@ -633,7 +633,8 @@ export class Qcow2Writer implements DriverWriter {
   }
 
   /** Write one run (within one L2 table) starting at `pos`; returns the bytes consumed. */
-  async #writeRun(pos: number, data: Uint8Array, below: BelowReader): Promise<number> {
+  /** Write the part of `data` that one L2 table and one plan cover; `placed` once the plan reaches `writeEnd`. */
+  async #writeRun(pos: number, data: Uint8Array, below: BelowReader, writeEnd: number, placed: (() => void) | undefined): Promise<number> {
     const s = this.#s;
     const cs = s.clusterSize;
     const l2Entries = s.meta.l2Entries;
@@ -642,6 +643,8 @@ export class Qcow2Writer implements DriverWriter {
     const end = Math.min(pos + data.byteLength, (l1Index + 1) * l2Entries * cs);
     const plan = await s.lock.run(() => this.#plan(l1Index, pos, end));
     const length = plan.length;
+    // The last run's clusters are allocated (earlier runs were written before this one began).
+    if (pos + length >= writeEnd) placed?.();
     if (plan.kind === 'inplace') {
       await this.#writeInPlace(l1Index, plan, pos, data.subarray(0, length), below);
       return length;
