@@ -632,8 +632,10 @@ export class Qcow2Writer implements DriverWriter {
     if (off !== 0) await rc.free(this.#hostOf(e), 1);
   }
 
-  /** Write one run (within one L2 table) starting at `pos`; returns the bytes consumed. */
-  /** Write the part of `data` that one L2 table and one plan cover; `placed` once the plan reaches `writeEnd`. */
+  /**
+   * Write one run (within one L2 table, one plan) starting at `pos`; returns the bytes consumed.
+   * Calls `placed` once planned when the run reaches `writeEnd` (the end of the whole write).
+   */
   async #writeRun(pos: number, data: Uint8Array, below: BelowReader, writeEnd: number, placed: (() => void) | undefined): Promise<number> {
     const s = this.#s;
     const cs = s.clusterSize;
