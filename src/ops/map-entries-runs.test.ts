@@ -6,7 +6,8 @@ import { buildQcow2, pattern, type BuiltEntry } from '../format/qcow2/qcow2-buil
 import { openImage } from '../image/open-image.js';
 import type { ImageReader } from '../image/types.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
-import { mapEntries, type MapEntry } from './map-entries.js';
+import { Qcow2Error } from '../errors.js';
+import { mapEntries, mapEntryBatches, type MapEntry } from './map-entries.js';
 
 /** xorshift PRNG so failures reproduce. */
 function rng(seed: number): () => number {
@@ -92,5 +93,39 @@ test('map entries from driver runs equal those from block status, with and witho
     } finally {
       await image.close();
     }
+  }
+});
+
+test('a corrupt L2 table met while the consumer holds a batch fails the map, with no unhandled rejection', async () => {
+  // 1 KiB clusters: 128 entries per L2 table. Table 0 holds data; table 1 an unaligned entry.
+  const bytes = buildQcow2({
+    clusterBits: 10, size: 2 * 128 * 1024,
+    entries: [{ cluster: 0, kind: 'data' }, { cluster: 2, kind: 'data' }, { cluster: 128, kind: 'raw-entry', hi: 0x80000000, lo: 0x200 }],
+  });
+  const table1 = new DataView(bytes.buffer).getUint32(3 * 1024 + 12); // L1[1], low word (< 4 GiB)
+  // Table 1 loads slowly, so the map reaches it while its load is still in flight.
+  class SlowTable extends MemoryStorage {
+    override async read(dst: Uint8Array, offset: number): Promise<void> {
+      if (offset === table1) await new Promise((resolve) => setTimeout(resolve, 20));
+      return super.read(dst, offset);
+    }
+  }
+  const image = await openImage(new SlowTable(bytes, 'bad.qcow2', true), { format: 'qcow2', codecs: jsCodecs, readOnly: true });
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const consume = async (): Promise<void> => {
+      for await (const batch of mapEntryBatches(image, {})) {
+        assert.ok(batch.length > 0);
+        await new Promise((resolve) => setTimeout(resolve, 60)); // a slow consumer (a full pipe)
+      }
+    };
+    await assert.rejects(consume(), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+    await image.close();
   }
 });

@@ -137,7 +137,12 @@ export async function* mapEntryBatches(image: ImageReader, range: MapRange = {})
       let n = drv.mapRuns!(pos, Math.min(PROBE_LIMIT, end - pos), runs);
       if (typeof n !== 'number') {
         // Hand out what is complete before waiting on I/O, so that a slow map still streams.
-        if (merger.batch.length > 0) yield merger.take();
+        // The answer may fail while the consumer holds the batch: it is awaited (and its error
+        // thrown) only after that, so mark it handled now.
+        if (merger.batch.length > 0) {
+          n.catch(() => {});
+          yield merger.take();
+        }
         n = await n;
       }
       if (!(n > 0)) throw badStatus(pos, n);
