@@ -128,9 +128,10 @@ export async function convertImage(
   // Zero runs of -S or longer always cover whole clusters then, so the same clusters are skipped.
   const fill = cluster === 0 && target.wholeClusterSize !== undefined && minSparse <= target.wholeClusterSize ? target.wholeClusterSize : 0;
 
-  // `placed` goes with the job's last write to the target (see ConvertTarget.write), where the
-  // cluster path can tell which one is last; other writes are placed once they complete.
-  const writeData = async (buf: Uint8Array, words: Int32Array, job: Job, placed: () => void): Promise<void> => {
+  // `placed` (in order only) goes with the job's last write to the target (see
+  // ConvertTarget.write), where the cluster path can tell which one is last; other writes are
+  // placed once they complete.
+  const writeData = async (buf: Uint8Array, words: Int32Array, job: Job, placed: (() => void) | undefined): Promise<void> => {
     if (zeroAsData) {
       await target.write(buf.subarray(0, job.length), job.offset, placed);
       result.bytesWritten += job.length;
@@ -176,8 +177,9 @@ export async function convertImage(
       let end = Math.min(pos + size, to);
       while (end < to && rangeIsZero(buf, end, Math.min(end + size, to)) === zero) end = Math.min(end + size, to);
       if (!zero) {
-        // No data after this run: it is the last write of the range.
-        await target.write(buf.subarray(pos, end), job.offset + pos, end === to || rangeIsZero(buf, end, to) ? placed : undefined);
+        // No data after this run: it is the last write of the range (checked only in order).
+        const last = placed !== undefined && (end === to || rangeIsZero(buf, end, to));
+        await target.write(buf.subarray(pos, end), job.offset + pos, last ? placed : undefined);
         result.bytesWritten += end - pos;
       } else if (!target.zeroInitialized) {
         await target.writeZeroes(job.offset + pos, end - pos);
@@ -228,7 +230,7 @@ export async function convertImage(
           }
         };
         if (job.kind === 'data' || zeroAsData) {
-          await writeData(buf!, words!, job, passTurn);
+          await writeData(buf!, words!, job, inOrder ? passTurn : undefined);
         } else if (!target.zeroInitialized) {
           await target.writeZeroes(job.offset, job.length);
           result.bytesZeroed += job.length;
