@@ -11,12 +11,14 @@
 // then times `bin/qcow2kit convert -O raw` against `qemu-img convert -O raw` on each (and
 // `map --output=json` on sparse) and each tool's start-up (`--version`, always run), alternating
 // the two tools, page cache warm, and reports the median wall time, the ratio ours/qemu-img and
-// the peak RSS of each. Writes bench/out/results.json. --quick uses small images for a smoke test.
-import { spawn, spawnSync } from 'node:child_process';
+// the peak RSS of each, with the spread of the runs, CPU time and CPU pressure (bench/harness.mjs).
+// Writes bench/out/results.json. --quick uses small images for a smoke test.
+import { spawnSync } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { compareTools, createLog, findGnuTime, formatTable, have, sh, writeLibraryRaw } from './harness.mjs';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(repo, 'bin', 'qcow2kit');
@@ -42,20 +44,7 @@ const P = quick
 const LIMITS = { plain: 1.2, zlib: 1.2, zstd: 1.5, 'sparse-map': 2 };
 const RSS_LIMIT_KIB = 150 * 1024;
 
-function log(msg) {
-  process.stderr.write(`[bench] ${msg}\n`);
-}
-
-function sh(cmd, cmdArgs, opts = {}) {
-  const r = spawnSync(cmd, cmdArgs, { stdio: ['pipe', 'pipe', 'inherit'], maxBuffer: 64 * MiB, ...opts });
-  if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`${cmd} ${cmdArgs.join(' ')}: exit ${r.status}\n${r.stdout ?? ''}`);
-  return r.stdout?.toString() ?? '';
-}
-
-function have(cmd) {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
-}
+const log = createLog('bench');
 
 // --- tools -----------------------------------------------------------------------------------------
 if (!have('qemu-img') || !have('qemu-io')) {
@@ -66,14 +55,7 @@ if (!existsSync(join(repo, 'dist', 'cli', 'main.js'))) {
   console.error('qcow2kit is not built: run `npm ci` (or `npm run build`) first');
   process.exit(1);
 }
-/** GNU time gives the peak RSS of a child (ru_maxrss); fall back to polling /proc otherwise. */
-let gnuTime = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
-if (gnuTime === undefined && process.getuid?.() === 0 && have('apt-get')) {
-  log('installing GNU time for peak-memory figures');
-  spawnSync('sh', ['-c', 'apt-get install -y -qq time >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq time >/dev/null)'], { stdio: 'inherit' });
-  if (existsSync('/usr/bin/time')) gnuTime = '/usr/bin/time';
-}
-if (gnuTime === undefined) log('GNU time not found: peak RSS comes from polling /proc/PID/status (VmHWM)');
+const gnuTime = findGnuTime(log);
 
 // --- image building (cached) -----------------------------------------------------------------------
 mkdirSync(outDir, { recursive: true });
@@ -111,48 +93,6 @@ function writeRandomRaw(path, size, dataBytes) {
   sh('truncate', ['-s', String(size), path]);
 }
 
-/** Regular files under the library directories, sorted, concatenated up to `bytes`. */
-function writeLibraryRaw(path, bytes) {
-  const files = [];
-  const walk = (dir) => {
-    let entries;
-    try {
-      entries = readdirSync(dir, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-      const p = join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) files.push(p);
-    }
-  };
-  walk('/usr/lib/x86_64-linux-gnu');
-  walk('/usr/lib');
-  const seen = new Set();
-  const fd = openSync(path, 'w');
-  let written = 0;
-  try {
-    for (const f of files) {
-      if (written >= bytes || seen.has(f)) continue;
-      seen.add(f);
-      let data;
-      try {
-        if (lstatSync(f).size === 0) continue;
-        data = readFileSync(f);
-      } catch {
-        continue;
-      }
-      const n = Math.min(data.length, bytes - written);
-      writeSync(fd, data, 0, n, written);
-      written += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  if (written < bytes) log(`only ${written} bytes of library files found (wanted ${bytes})`);
-}
-
 function buildPlain(path) {
   const raw = `${path}.src.raw`;
   writeRandomRaw(raw, P.plainSize, P.plainData);
@@ -167,7 +107,7 @@ function buildCompressed(type) {
   return (path) => {
     const raw = join(outDir, 'libs.raw');
     if (!existsSync(raw) || manifest['libs.raw'] !== String(P.libBytes)) {
-      writeLibraryRaw(raw, P.libBytes);
+      writeLibraryRaw(raw, P.libBytes, log);
       manifest['libs.raw'] = String(P.libBytes);
     }
     sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', `compression_type=${type}`, raw, path]);
@@ -195,82 +135,15 @@ const images = {
 };
 
 // --- measuring -----------------------------------------------------------------------------------
-/** Runs a command with stdout to `stdoutPath` (or /dev/null); resolves wall seconds and peak RSS (KiB). */
-function measure(cmd, cmdArgs, stdoutPath = '/dev/null') {
-  return new Promise((resolve, reject) => {
-    const timeFile = join(outDir, '.time');
-    const [file, argv] = gnuTime
-      ? [gnuTime, ['-f', '%M', '-o', timeFile, cmd, ...cmdArgs]]
-      : [cmd, cmdArgs];
-    const out = openSync(stdoutPath, 'w');
-    let stderr = '';
-    let hwm = 0;
-    const t0 = performance.now();
-    const child = spawn(file, argv, { stdio: ['ignore', out, 'pipe'] });
-    closeSync(out);
-    child.stderr.on('data', (b) => (stderr += b));
-    const poll = gnuTime
-      ? undefined
-      : setInterval(() => {
-          try {
-            const m = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-            if (m) hwm = Math.max(hwm, Number(m[1]));
-          } catch {
-            /* exited */
-          }
-        }, 5);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seconds = (performance.now() - t0) / 1000;
-      if (poll) clearInterval(poll);
-      if (code !== 0) return reject(new Error(`${cmd} ${cmdArgs.join(' ')}: exit ${code}\n${stderr}`));
-      const rss = gnuTime ? Number(readFileSync(timeFile, 'utf8').trim().split('\n').pop()) : hwm;
-      resolve({ seconds, rssKiB: rss });
-    });
-  });
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-/**
- * Alternates the two tools `runs` times after one untimed warm-up each; `prepare` runs before
- * every run (deletes the previous output), `verify` once at the end on the last outputs.
- */
-async function compareTools(name, ours, theirs, { prepare = () => {}, verify } = {}) {
-  log(`${name}: warm-up`);
-  for (const side of [ours, theirs]) {
-    prepare();
-    await measure(...side);
-  }
-  const res = { ours: [], qemu: [] };
-  for (let i = 0; i < runs; i++) {
-    for (const [key, side] of i % 2 === 0 ? [['ours', ours], ['qemu', theirs]] : [['qemu', theirs], ['ours', ours]]) {
-      prepare();
-      res[key].push(await measure(...side));
-    }
-    log(`${name}: run ${i + 1}/${runs}: ours ${res.ours.at(-1).seconds.toFixed(2)} s, qemu-img ${res.qemu.at(-1).seconds.toFixed(2)} s`);
-  }
-  const oursS = median(res.ours.map((r) => r.seconds));
-  const qemuS = median(res.qemu.map((r) => r.seconds));
-  const row = {
-    name,
+/** Times both sides of a case (stdout to /dev/null unless a side names a file). */
+function compare(name, ours, theirs, options) {
+  return compareTools(name, { ours, qemu: theirs }, {
     runs,
-    oursSeconds: res.ours.map((r) => r.seconds),
-    qemuSeconds: res.qemu.map((r) => r.seconds),
-    oursMedian: oursS,
-    qemuMedian: qemuS,
-    ratio: oursS / qemuS,
-    oursPeakRssKiB: Math.max(...res.ours.map((r) => r.rssKiB)),
-    qemuPeakRssKiB: Math.max(...res.qemu.map((r) => r.rssKiB)),
-    limitRatio: LIMITS[name] ?? null,
-    limitRssKiB: RSS_LIMIT_KIB,
-  };
-  if (verify) row.sameOutput = verify();
-  return row;
+    limit: LIMITS[name] ?? null,
+    log,
+    measureOptions: { gnuTime, timeFile: join(outDir, '.time'), stdoutPath: '/dev/null' },
+    ...options,
+  });
 }
 
 async function benchConvert(name, image) {
@@ -280,7 +153,7 @@ async function benchConvert(name, image) {
     rmSync(oursOut, { force: true });
     rmSync(qemuOut, { force: true });
   };
-  const row = await compareTools(
+  const row = await compare(
     name,
     [cli, ['convert', '-O', 'raw', image, oursOut]],
     ['qemu-img', ['convert', '-O', 'raw', image, qemuOut]],
@@ -292,7 +165,7 @@ async function benchConvert(name, image) {
         spawnSync('qemu-img', ['convert', '-O', 'raw', image, qemuOut]);
         const same = spawnSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', oursOut, qemuOut]).status === 0;
         clean();
-        return same;
+        return { sameOutput: same };
       },
     },
   );
@@ -302,10 +175,10 @@ async function benchConvert(name, image) {
 async function benchMap(name, image) {
   const oursOut = join(outDir, `${name}.ours.json`);
   const qemuOut = join(outDir, `${name}.qemu.json`);
-  return compareTools(
+  return compare(
     name,
-    [cli, ['map', '--output=json', image], '/dev/null'],
-    ['qemu-img', ['map', '--output=json', image], '/dev/null'],
+    [cli, ['map', '--output=json', image]],
+    ['qemu-img', ['map', '--output=json', image]],
     {
       verify: () => {
         const o = spawnSync(cli, ['map', '--output=json', image], { maxBuffer: 512 * MiB });
@@ -320,7 +193,7 @@ async function benchMap(name, image) {
           writeFileSync(oursOut, o.stdout);
           writeFileSync(qemuOut, q.stdout);
         }
-        return same;
+        return { sameOutput: same };
       },
     },
   );
@@ -332,7 +205,7 @@ async function benchMap(name, image) {
  * of a short case's ratio is start-up.
  */
 async function benchStartup() {
-  return compareTools('startup', [cli, ['--version']], ['qemu-img', ['--version']]);
+  return compare('startup', [cli, ['--version']], ['qemu-img', ['--version']]);
 }
 
 // --- main ----------------------------------------------------------------------------------------
@@ -355,34 +228,16 @@ for (const [name, fn] of plan) {
   }
 }
 
-const mib = (kib) => (kib / 1024).toFixed(0);
-const lines = [
-  `qcow2kit vs qemu-img${quick ? ' (--quick)' : ''}: median of ${runs} alternating runs, page cache warm`,
-  '',
-  'case        ours (s)  qemu-img (s)  ratio  limit  ours RSS (MiB)  qemu RSS (MiB)  same output',
-];
-for (const r of results) {
-  if (r.error) {
-    lines.push(`${r.name.padEnd(10)}  error: ${r.error}`);
-    continue;
-  }
-  const ok = (r.limitRatio === null || r.ratio <= r.limitRatio) && r.oursPeakRssKiB <= RSS_LIMIT_KIB;
-  lines.push(
-    [
-      r.name.padEnd(10),
-      r.oursMedian.toFixed(3).padStart(9),
-      r.qemuMedian.toFixed(3).padStart(13),
-      r.ratio.toFixed(2).padStart(6),
-      (r.limitRatio === null ? '-' : r.limitRatio.toFixed(1)).padStart(6),
-      mib(r.oursPeakRssKiB).padStart(15),
-      mib(r.qemuPeakRssKiB).padStart(15),
-      (r.sameOutput === undefined ? '-' : String(r.sameOutput)).padStart(12),
-      ok ? '' : '  <- over target',
-    ].join(' '),
-  );
-}
-lines.push('', `targets: ratio <= limit, ours peak RSS <= ${RSS_LIMIT_KIB / 1024} MiB`);
-console.log(lines.join('\n'));
+console.log(
+  formatTable({
+    title: `qcow2kit vs qemu-img${quick ? ' (--quick)' : ''}: median of ${runs} alternating runs, page cache warm`,
+    results,
+    rssLimitKiB: RSS_LIMIT_KIB,
+    okColumn: 'same output',
+    ok: (r) => r.sameOutput,
+    footer: `targets: ratio <= limit, ours peak RSS <= ${RSS_LIMIT_KIB / 1024} MiB`,
+  }),
+);
 
 const report = {
   date: new Date().toISOString(),
@@ -392,6 +247,7 @@ const report = {
   qemu: sh('qemu-img', ['--version']).split('\n')[0],
   peakRssSource: gnuTime ? 'GNU time %M' : '/proc VmHWM polling',
   params: P,
+  limits: { ratio: LIMITS, peakRssKiB: RSS_LIMIT_KIB },
   results,
 };
 writeFileSync(join(outDir, 'results.json'), JSON.stringify(report, null, 2) + '\n');
