@@ -27,30 +27,43 @@ const DIST_EXTRA = Uint8Array.of(0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6,
   13, 13);
 const CL_ORDER = Uint8Array.of(16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15);
 
-// Symbol and fixed-code tables, built on the first compression: every CLI run loads this
-// module, few compress with it (Node uses node:zlib).
-/** Length (3..258) -> length symbol index 0..28. */
-let LENGTH_SYMBOL: Uint8Array = new Uint8Array(0);
-/** Distance (1..4096) -> distance symbol. */
-let DIST_SYMBOL: Uint8Array = new Uint8Array(0);
-let FIXED_LIT_LENGTHS: Uint8Array = new Uint8Array(0);
-let FIXED_DIST_LENGTHS: Uint8Array = new Uint8Array(0);
-let FIXED_LIT_CODES: Uint16Array = new Uint16Array(0);
-let FIXED_DIST_CODES: Uint16Array = new Uint16Array(0);
+/** Symbol and fixed-code tables. */
+interface SymbolTables {
+  /** Length (3..258) -> length symbol index 0..28. */
+  lengthSymbol: Uint8Array;
+  /** Distance (1..4096) -> distance symbol. */
+  distSymbol: Uint8Array;
+  fixedLitLengths: Uint8Array;
+  fixedLitCodes: Uint16Array;
+  fixedDistLengths: Uint8Array;
+  fixedDistCodes: Uint16Array;
+}
 
-function buildTables(): void {
-  LENGTH_SYMBOL = new Uint8Array(MAX_MATCH + 1);
+// Built on the first compression: every CLI run loads this module, few compress with it
+// (Node uses node:zlib).
+let tables: SymbolTables | undefined;
+
+function symbolTables(): SymbolTables {
+  if (tables !== undefined) return tables;
+  const lengthSymbol = new Uint8Array(MAX_MATCH + 1);
   for (let s = 0; s < 29; s++) {
     const top = s === 28 ? MAX_MATCH : LENGTH_BASE[s]! + (1 << LENGTH_EXTRA[s]!) - 1;
-    for (let l = LENGTH_BASE[s]!; l <= top; l++) LENGTH_SYMBOL[l] = s;
+    for (let l = LENGTH_BASE[s]!; l <= top; l++) lengthSymbol[l] = s;
   }
-  LENGTH_SYMBOL[MAX_MATCH] = 28;
-  DIST_SYMBOL = new Uint8Array(WINDOW + 1);
-  for (let s = 0; s < 30 && DIST_BASE[s]! <= WINDOW; s++) DIST_SYMBOL.fill(s, DIST_BASE[s]!, Math.min(WINDOW + 1, DIST_BASE[s]! + (1 << DIST_EXTRA[s]!)));
-  FIXED_LIT_LENGTHS = new Uint8Array(288).fill(8, 0, 144).fill(9, 144, 256).fill(7, 256, 280).fill(8, 280, 288);
-  FIXED_DIST_LENGTHS = new Uint8Array(30).fill(5);
-  FIXED_LIT_CODES = canonicalCodes(FIXED_LIT_LENGTHS);
-  FIXED_DIST_CODES = canonicalCodes(FIXED_DIST_LENGTHS);
+  lengthSymbol[MAX_MATCH] = 28;
+  const distSymbol = new Uint8Array(WINDOW + 1);
+  for (let s = 0; s < 30 && DIST_BASE[s]! <= WINDOW; s++) distSymbol.fill(s, DIST_BASE[s]!, Math.min(WINDOW + 1, DIST_BASE[s]! + (1 << DIST_EXTRA[s]!)));
+  const fixedLitLengths = new Uint8Array(288).fill(8, 0, 144).fill(9, 144, 256).fill(7, 256, 280).fill(8, 280, 288);
+  const fixedDistLengths = new Uint8Array(30).fill(5);
+  tables = {
+    lengthSymbol,
+    distSymbol,
+    fixedLitLengths,
+    fixedLitCodes: canonicalCodes(fixedLitLengths),
+    fixedDistLengths,
+    fixedDistCodes: canonicalCodes(fixedDistLengths),
+  };
+  return tables;
 }
 
 /** Reverse the low `length` bits: DEFLATE sends Huffman codes most-significant bit first. */
@@ -165,12 +178,13 @@ interface Block {
 }
 
 function writeBlock(w: BitWriter, block: Block, final: boolean): void {
+  const t = symbolTables();
   const litFreq = new Uint32Array(286);
   const distFreq = new Uint32Array(30);
   for (let i = 0; i < block.n; i++) {
     const d = block.dist[i]!;
     if (d === 0) litFreq[block.lit[i]!]!++;
-    else { litFreq[257 + LENGTH_SYMBOL[block.lit[i]!]!]!++; distFreq[DIST_SYMBOL[d]!]!++; }
+    else { litFreq[257 + t.lengthSymbol[block.lit[i]!]!]!++; distFreq[t.distSymbol[d]!]!++; }
   }
   litFreq[256] = 1;
 
@@ -213,7 +227,7 @@ function writeBlock(w: BitWriter, block: Block, final: boolean): void {
   let fixedBits = 0;
   for (let s = 0; s < 286; s++) {
     dynamicBits += litFreq[s]! * litLengths[s]!;
-    fixedBits += litFreq[s]! * FIXED_LIT_LENGTHS[s]!;
+    fixedBits += litFreq[s]! * t.fixedLitLengths[s]!;
   }
   for (let s = 0; s < 30; s++) {
     dynamicBits += distFreq[s]! * distLengths[s]!;
@@ -226,8 +240,8 @@ function writeBlock(w: BitWriter, block: Block, final: boolean): void {
   let distLens: Uint8Array;
   if (fixedBits <= dynamicBits) {
     w.write((final ? 1 : 0) | (1 << 1), 3);
-    litCodes = FIXED_LIT_CODES; litLens = FIXED_LIT_LENGTHS;
-    distCodes = FIXED_DIST_CODES; distLens = FIXED_DIST_LENGTHS;
+    litCodes = t.fixedLitCodes; litLens = t.fixedLitLengths;
+    distCodes = t.fixedDistCodes; distLens = t.fixedDistLengths;
   } else {
     w.write((final ? 1 : 0) | (2 << 1), 3);
     w.write(hlit - 257, 5);
@@ -252,10 +266,10 @@ function writeBlock(w: BitWriter, block: Block, final: boolean): void {
     if (d === 0) {
       w.write(litCodes[v]!, litLens[v]!);
     } else {
-      const ls = LENGTH_SYMBOL[v]!;
+      const ls = t.lengthSymbol[v]!;
       w.write(litCodes[257 + ls]!, litLens[257 + ls]!);
       if (LENGTH_EXTRA[ls]!) w.write(v - LENGTH_BASE[ls]!, LENGTH_EXTRA[ls]!);
-      const ds = DIST_SYMBOL[d]!;
+      const ds = t.distSymbol[d]!;
       w.write(distCodes[ds]!, distLens[ds]!);
       if (DIST_EXTRA[ds]!) w.write(d - DIST_BASE[ds]!, DIST_EXTRA[ds]!);
     }
@@ -274,7 +288,6 @@ function writeBlock(w: BitWriter, block: Block, final: boolean): void {
  * ```
  */
 export function deflateRawWindow4k(src: Uint8Array, limit: number): Uint8Array | undefined {
-  if (DIST_SYMBOL.length === 0) buildTables();
   const n = src.byteLength;
   const blocks = Math.ceil(n / BLOCK_SYMBOLS) + 1;
   const w = new BitWriter(n + (n >>> 3) + 400 * blocks + 16);
