@@ -32,16 +32,15 @@ export function formatMapEntryJson(e: MapEntry): string {
 export function mapJsonWriter(write: Sink, opts: { start?: number } = {}): MapWriter {
   let count = 0;
   write('[');
+  const entries = (batch: readonly MapEntry[]): void => {
+    if (batch.length === 0) return;
+    const parts = batch.map(formatMapEntryJson);
+    write(count === 0 ? parts.join(',\n') : `,\n${parts.join(',\n')}`);
+    count += batch.length;
+  };
   return {
-    entry(e: MapEntry): void {
-      write(count++ === 0 ? formatMapEntryJson(e) : `,\n${formatMapEntryJson(e)}`);
-    },
-    entries(batch: readonly MapEntry[]): void {
-      if (batch.length === 0) return;
-      const parts = batch.map(formatMapEntryJson);
-      write(count === 0 ? parts.join(',\n') : `,\n${parts.join(',\n')}`);
-      count += batch.length;
-    },
+    entry: (e: MapEntry): void => entries([e]),
+    entries,
     end(): void {
       if (count === 0) {
         write(formatMapEntryJson({ start: opts.start ?? 0, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false }));
