@@ -6,10 +6,21 @@
 // its own for CommonJS (Node 22's module.enableCompileCache does this).
 const fs = require('node:fs');
 const path = require('node:path');
+const v8 = require('node:v8');
 const vm = require('node:vm');
 const { createRequire } = require('node:module');
 
 const BUNDLE = path.join(__dirname, '..', 'dist', 'cli', 'qcow2kit.cjs');
+
+/**
+ * V8 flags for CLI runs, set before the bundle is compiled. Most commands last a second or
+ * less, and TurboFan's compile time is then a large share of the CPU of a 2-core machine: in
+ * a 0.6 s `convert -O qcow2` it compiled ~35 functions for over 300 ms. A smaller inlining
+ * budget (default 920 bytecode bytes per function) halves that compile time; commands that
+ * run long lose nothing measurable (bench/). The code cache records the flags it was made
+ * with, and scripts/code-cache.mjs loads the bundle through here, so the two match.
+ */
+const V8_FLAGS = '--max-inlined-bytecode-size-cumulative=200';
 
 /** The first line of the bundle names its build; the cache file starts with the same line. */
 function buildId(text) {
@@ -22,6 +33,7 @@ function buildId(text) {
  * createCachedData). `useCache: false` compiles from source; `bundle` is for tests.
  */
 function loadCli({ useCache = true, bundle = BUNDLE } = {}) {
+  v8.setFlagsFromString(V8_FLAGS);
   const cacheFile = `${bundle}.v8cache`;
   const source = fs.readFileSync(bundle, 'utf8');
   let cachedData;
