@@ -11,6 +11,35 @@ export function viewOf(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+/*
+ * Big-endian u16/u32 straight from the bytes: for accessors called per cluster (refcounts),
+ * where a DataView per call would be an allocation and a builtin call each time.
+ */
+
+/** Big-endian u16 at `at`; the caller checks `at + 2 <= bytes.length`. */
+export function getU16BE(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] ?? 0) << 8) | (bytes[at + 1] ?? 0);
+}
+
+/** Big-endian u32 at `at`; the caller checks `at + 4 <= bytes.length`. */
+export function getU32BE(bytes: Uint8Array, at: number): number {
+  return (((bytes[at] ?? 0) << 24) | ((bytes[at + 1] ?? 0) << 16) | ((bytes[at + 2] ?? 0) << 8) | (bytes[at + 3] ?? 0)) >>> 0;
+}
+
+/** Store the low 16 bits of `value` big-endian at `at`. */
+export function setU16BE(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value >>> 8;
+  bytes[at + 1] = value;
+}
+
+/** Store `value` (taken as u32) big-endian at `at`. */
+export function setU32BE(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value >>> 24;
+  bytes[at + 1] = value >>> 16;
+  bytes[at + 2] = value >>> 8;
+  bytes[at + 3] = value;
+}
+
 /** Read a big-endian u64 as a number (exact up to 2^53). */
 export function readU64(view: DataView, offset: number): number {
   return view.getUint32(offset) * TWO_32 + view.getUint32(offset + 4);

@@ -16,6 +16,7 @@ import { readSnapshotTable } from './read-snapshot-table.js';
 import { Refcounts } from './refcounts.js';
 import type { Qcow2State } from './qcow2-state.js';
 import { TableCache } from './table-cache.js';
+import { tableViews } from './table-views.js';
 import { Qcow2Writer } from './qcow2-writer.js';
 import { findSnapshot, Qcow2Snapshots } from './snapshot-ops.js';
 import { Qcow2Bitmaps } from './bitmaps.js';
@@ -431,9 +432,6 @@ export class Qcow2Driver implements FormatDriver {
   }
 }
 
-/** DataView and 32-bit word view of a cached table, made once per table. */
-const viewCache = new WeakMap<Uint8Array, { view: DataView; words: Uint32Array }>();
-
 const runCount = (count: number): number => count;
 
 function putRun(out: Float64Array, i: number, kind: number, length: number, hostOffset: number, storedLength: number): void {
@@ -442,18 +440,6 @@ function putRun(out: Float64Array, i: number, kind: number, length: number, host
   out[f + 1] = length;
   out[f + 2] = hostOffset;
   out[f + 3] = storedLength;
-}
-
-function tableViews(bytes: Uint8Array): { view: DataView; words: Uint32Array } {
-  let v = viewCache.get(bytes);
-  if (v === undefined) {
-    // Only tests for all-zero words use `words`, so host byte order does not matter. An
-    // unaligned table (never made by the cache) gets no words: the fast path then skips nothing.
-    const words = bytes.byteOffset % 4 === 0 ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2) : new Uint32Array(0);
-    v = { view: viewOf(bytes), words };
-    viewCache.set(bytes, v);
-  }
-  return v;
 }
 
 function invalidEntry(l2Offset: number, l2Index: number): Qcow2Error {

@@ -1,6 +1,7 @@
 import { Qcow2Error } from '../../errors.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, hasBit, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, withBit } from './features.js';
 import { OverlapCheck } from './overlap-check.js';
+import { tableViews } from './table-views.js';
 import type { Qcow2Bitmaps } from './bitmaps.js';
 import { encodeSnapshotTable } from './snapshot-table.js';
 import { encodeHeader } from './header.js';
@@ -564,7 +565,7 @@ export class Qcow2Writer implements DriverWriter {
     }
     if (offset !== 0 && isCopied(hi)) {
       if (offset % s.clusterSize !== 0) throw new Qcow2Error('CORRUPT', `L2 table offset 0x${offset.toString(16)} unaligned`, { l1Index });
-      return { offset, table: viewOf(await s.l2.get(offset)) };
+      return { offset, table: tableViews(await s.l2.get(offset)).view };
     }
     const fresh = await rc.allocate(1);
     let bytes = new Uint8Array(s.clusterSize);
@@ -579,7 +580,7 @@ export class Qcow2Writer implements DriverWriter {
     s.l1.setUint32(l1Index * 8, nhi);
     s.l1.setUint32(l1Index * 8 + 4, nlo);
     s.l1Dirty = true;
-    return { offset: fresh, table: viewOf(bytes) };
+    return { offset: fresh, table: tableViews(bytes).view };
   }
 
   #refcounts(): NonNullable<Qcow2State['refcounts']> {

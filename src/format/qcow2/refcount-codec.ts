@@ -8,7 +8,7 @@
  * be represented exactly, so reading one throws and writing one is refused.
  */
 import { invalidImage, Qcow2Error } from '../../errors.js';
-import { TWO_32, viewOf } from '../../util/bytes.js';
+import { getU16BE, getU32BE, setU16BE, setU32BE, TWO_32, viewOf } from '../../util/bytes.js';
 
 /** Largest refcount_order qcow2 allows (64-bit refcounts). */
 export const MAX_REFCOUNT_ORDER = 6;
@@ -94,13 +94,12 @@ export function getRefcount(block: Uint8Array, index: number, order: number): nu
     case 3:
       return block[index] ?? 0;
     case 4:
-      return viewOf(block).getUint16(index * 2);
+      return getU16BE(block, index * 2);
     case 5:
-      return viewOf(block).getUint32(index * 4);
+      return getU32BE(block, index * 4);
     default: {
-      const v = viewOf(block);
-      const hi = v.getUint32(index * 8);
-      const lo = v.getUint32(index * 8 + 4);
+      const hi = getU32BE(block, index * 8);
+      const lo = getU32BE(block, index * 8 + 4);
       if (hi > 0x1fffff) {
         throw new Qcow2Error('UNSUPPORTED', `Refcount of entry ${index} exceeds 2^53 - 1`, { index, hi, lo });
       }
@@ -133,16 +132,14 @@ export function setRefcount(block: Uint8Array, index: number, order: number, val
       block[index] = value;
       return;
     case 4:
-      viewOf(block).setUint16(index * 2, value);
+      setU16BE(block, index * 2, value);
       return;
     case 5:
-      viewOf(block).setUint32(index * 4, value);
+      setU32BE(block, index * 4, value);
       return;
-    default: {
-      const v = viewOf(block);
-      v.setUint32(index * 8, Math.floor(value / TWO_32));
-      v.setUint32(index * 8 + 4, value >>> 0);
-    }
+    default:
+      setU32BE(block, index * 8, Math.floor(value / TWO_32));
+      setU32BE(block, index * 8 + 4, value);
   }
 }
 
