@@ -1,4 +1,5 @@
 import type { Storage } from '../storage/storage.js';
+import { getU32BE } from '../util/bytes.js';
 import { QCOW2_MAGIC } from './qcow2/header.js';
 
 /** Formats this library reads. */
@@ -12,7 +13,5 @@ export type ImageFormat = 'qcow2' | 'raw';
 export async function probeFormat(storage: Storage): Promise<ImageFormat> {
   const head = new Uint8Array(8);
   await storage.read(head, 0);
-  const magic = ((head[0] ?? 0) << 24 | (head[1] ?? 0) << 16 | (head[2] ?? 0) << 8 | (head[3] ?? 0)) >>> 0;
-  const version = ((head[4] ?? 0) << 24 | (head[5] ?? 0) << 16 | (head[6] ?? 0) << 8 | (head[7] ?? 0)) >>> 0;
-  return magic === QCOW2_MAGIC && version >= 2 ? 'qcow2' : 'raw';
+  return getU32BE(head, 0) === QCOW2_MAGIC && getU32BE(head, 4) >= 2 ? 'qcow2' : 'raw';
 }

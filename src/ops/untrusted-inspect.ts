@@ -33,6 +33,7 @@ import type { Image } from '../image/image.js';
 import { openImage } from '../image/open-image.js';
 import type { OpenPolicy } from '../image/open-policy.js';
 import type { Storage } from '../storage/storage.js';
+import { getU32BE } from '../util/bytes.js';
 
 /** Caps on what an untrusted image may make us hold in memory. */
 export interface UntrustedLimits {
@@ -366,8 +367,7 @@ const SIGNATURES: readonly { format: string; at: number; bytes: string }[] = [
  */
 export function formatSignature(head: Uint8Array): string {
   if (head.byteLength >= 8 && head[0] === 0x51 && head[1] === 0x46 && head[2] === 0x49 && head[3] === 0xfb) {
-    const version = ((head[4]! << 24) | (head[5]! << 16) | (head[6]! << 8) | head[7]!) >>> 0;
-    return version === 1 ? 'qcow' : 'qcow2';
+    return getU32BE(head, 4) === 1 ? 'qcow' : 'qcow2';
   }
   for (const s of SIGNATURES) {
     if (head.byteLength < s.at + s.bytes.length) continue;

@@ -1,7 +1,9 @@
 /**
- * Big-endian 64-bit helpers on DataView without BigInt. Values above
- * Number.MAX_SAFE_INTEGER are returned as NaN-free but inexact doubles, so callers that
- * need exactness test the high half first (see `readU64Checked`).
+ * Big-endian helpers. The 16/32-bit ones work on the bytes themselves, for accessors called
+ * per cluster (refcounts), where a DataView per call would be an allocation and a builtin call
+ * each time. The 64-bit ones work on a DataView without BigInt: values above
+ * Number.MAX_SAFE_INTEGER are returned as NaN-free but inexact doubles, so callers that need
+ * exactness test the high half first (see `readU64Checked`).
  */
 
 export const TWO_32 = 0x1_0000_0000;
@@ -10,11 +12,6 @@ export const TWO_32 = 0x1_0000_0000;
 export function viewOf(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
-
-/*
- * Big-endian u16/u32 straight from the bytes: for accessors called per cluster (refcounts),
- * where a DataView per call would be an allocation and a builtin call each time.
- */
 
 /** Big-endian u16 at `at`; the caller checks `at + 2 <= bytes.length`. */
 export function getU16BE(bytes: Uint8Array, at: number): number {
