@@ -25,6 +25,7 @@ const result = await build({
   banner: { js: "const __qcow2kitBundleUrl = require('node:url').pathToFileURL(__filename).href;" },
   // Loads its .wasm file relative to itself.
   external: ['@bokuweb/zstd-wasm'],
+  charset: 'ascii',
   logLevel: 'warning',
   write: false,
 });
@@ -33,6 +34,10 @@ let code = result.outputFiles[0].text;
 // no loader: the lazily loaded externals (the zstd WebAssembly package, node: modules) are
 // required instead; both are CommonJS to Node.
 code = code.replace(/\bimport\(("(?:@bokuweb\/zstd-wasm|node:[a-z/_]+)")\)/g, 'Promise.resolve().then(() => require($1))');
+// bin/load-cli.cjs reads the bundle as latin1, which is right for ASCII only (esbuild's
+// default charset escapes everything else).
+const wide = /[^\x00-\x7f]/.exec(code);
+if (wide) throw new Error(`bundle-cli: non-ASCII text in the bundle: ${code.slice(Math.max(0, wide.index - 40), wide.index + 20)}`);
 const left = /\bimport\(/.exec(code);
 if (left) throw new Error(`bundle-cli: dynamic import left in the bundle: ${code.slice(left.index, left.index + 60)}`);
 // The first line names this build (a hash of the code): a code cache is used only with it.

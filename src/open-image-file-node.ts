@@ -5,6 +5,7 @@ import type { Image } from './image/image.js';
 import { openImage, type OpenImageOptions } from './image/open-image.js';
 import type { OpenPolicy } from './image/open-policy.js';
 import { NodeFileResolver, NodeFileStorage } from './storage/node-file-storage.js';
+import { withoutFlush, withoutFlushResolver } from './storage/no-flush-storage.js';
 import { Qcow2Error } from './errors.js';
 
 /** Options for {@link openImageFile}. */
@@ -15,6 +16,11 @@ export interface OpenImageFileOptions extends Omit<OpenImageOptions, 'policy'> {
    * `'deny'` refuses images that name any other file (use it for untrusted images).
    */
   dependencies?: 'follow' | 'follow-and-probe' | 'deny' | OpenPolicy;
+  /**
+   * QEMU's cache=unsafe: flushes are not passed on to the files (the image and the files it
+   * follows), so nothing is forced to disk; writes still happen in order. Default false.
+   */
+  ignoreFlush?: boolean;
 }
 
 /**
@@ -31,13 +37,15 @@ export interface OpenImageFileOptions extends Omit<OpenImageOptions, 'policy'> {
  * ```
  */
 export async function openImageFile(path: string, options: OpenImageFileOptions = {}): Promise<Image> {
-  const { dependencies = 'follow', ...rest } = options;
+  const { dependencies = 'follow', ignoreFlush = false, ...rest } = options;
+  const resolver = ignoreFlush ? withoutFlushResolver(new NodeFileResolver()) : new NodeFileResolver();
   const policy: OpenPolicy =
-    dependencies === 'follow' ? { mode: 'follow', resolver: new NodeFileResolver() }
-    : dependencies === 'follow-and-probe' ? { mode: 'follow', resolver: new NodeFileResolver(), probeFormat: true }
+    dependencies === 'follow' ? { mode: 'follow', resolver }
+    : dependencies === 'follow-and-probe' ? { mode: 'follow', resolver, probeFormat: true }
     : dependencies === 'deny' ? { mode: 'deny' }
     : dependencies;
-  const storage = await NodeFileStorage.open(path, { readOnly: rest.readOnly ?? true });
+  const file = await NodeFileStorage.open(path, { readOnly: rest.readOnly ?? true });
+  const storage = ignoreFlush ? withoutFlush(file) : file;
   try {
     return await openImage(storage, {
       codecs: nodeCodecs,

@@ -85,7 +85,7 @@ test('convert -O qcow2 (plain and compressed) reads back the source content', as
   await withDir(async (dir) => {
     const { image, content } = sampleImage();
     await writeFile(join(dir, 'a.qcow2'), image);
-    for (const extra of [[], ['-c'], ['-o', 'cluster_size=4k,compression_type=zstd', '-c']]) {
+    for (const extra of [[], ['-c'], ['-o', 'cluster_size=4k,compression_type=zstd', '-c'], ['-t', 'writeback']]) {
       const r = await cli(dir, ['-O', 'qcow2', ...extra, '@a.qcow2', '@out.qcow2']);
       assert.deepEqual(r, { code: 0, stdout: '', stderr: '' }, extra.join(' '));
       const back = await cli(dir, ['@out.qcow2', '@back.raw']);
@@ -108,6 +108,8 @@ test('convert rejects bad options with qemu-img messages', async () => {
       [['-m', '17', '@a.qcow2', '@x'], 'qcow2kit: Invalid number of coroutines. Allowed number of coroutines is between 1 and 16\n'],
       [['-O', 'qcow3', '@a.qcow2', '@x'], "qcow2kit: Unknown file format 'qcow3'\n"],
       [['--target-is-zero', '@a.qcow2', '@x'], 'qcow2kit: --target-is-zero requires use of -n flag\n'],
+      [['-t', 'bogus', '@a.qcow2', '@x'], 'qcow2kit: Invalid cache option: bogus\n'],
+      [['-O', 'qcow2', '-t', 'bogus', '@a.qcow2', '@x'], 'qcow2kit: Invalid cache option: bogus\n'],
       [['@missing', '@x'], "qcow2kit: Could not open 'missing': Could not open 'missing': No such file or directory\n"],
       [['-l', 'snap', '@a.qcow2', '@x'], "qcow2kit: Failed to load snapshot: Can't find snapshot\n"],
       [['-l', 'snapshot.x=1', '@a.qcow2', '@x'], "qcow2kit: Invalid parameter 'snapshot.x'\nqcow2kit: Failed in parsing snapshot param 'snapshot.x=1'\n"],

@@ -289,7 +289,10 @@ async function convertToQcow2(io: CliIO, s: Settings, sources: readonly Image[],
       throw e;
     }
   }
-  const image = await openCliImage(outName, { format: 'qcow2', writable: true });
+  // As qemu-img: the mode is checked once the target exists. Its default, unsafe, never flushes.
+  const cache = parseCacheMode(s.cache);
+  if (cache === undefined) throw new CliError(`Invalid cache option: ${s.cache}`);
+  const image = await openCliImage(outName, { format: 'qcow2', writable: true, ignoreFlush: cache === 'unsafe' });
   if (image.size < total) throw new CliError('output file is smaller than input file');
   const zeroInitialized = !s.skipCreate || s.targetIsZero;
   const out = createImageTarget(image, { zeroInitialized, compress: s.compress });
@@ -423,10 +426,11 @@ function stripOpenPrefix(message: string, name: string): string {
  * format probed when the image does not name it, as qemu-img 7.2 does), and every failure
  * reported as "Could not open 'NAME': <reason>".
  */
-export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string; writable?: boolean }): Promise<Image> {
+export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string; writable?: boolean; ignoreFlush?: boolean }): Promise<Image> {
   try {
     return await openImageFile(name, {
       readOnly: opts.writable !== true,
+      ignoreFlush: opts.ignoreFlush === true,
       dependencies: 'follow-and-probe',
       ...(opts.format !== undefined ? { format: opts.format } : {}),
       ...(opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {}),

@@ -1,27 +1,62 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-// bin/load-cli.cjs runs the CLI bundle with the V8 code cache the build wrote (dist/cli/).
+// bin/load-cli.cjs runs the CLI bundle with the V8 code caches the build wrote (dist/cli/).
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const require = createRequire(import.meta.url);
-const { loadCli } = require(join(repo, 'bin', 'load-cli.cjs')) as {
-  loadCli(o?: { useCache?: boolean; bundle?: string }): { exports: { version(): string }; script: { cachedDataRejected?: boolean } };
+const loader = join(repo, 'bin', 'load-cli.cjs');
+interface Loaded {
+  exports: { version(): string };
+  script: { cachedDataRejected?: boolean };
+  cacheFile: string | undefined;
+}
+// Tests in this process pass tune: false: the V8 flag loadCli sets would change V8's flag
+// hash, and V8 would then refuse every cache compiled afterwards in this process.
+const { loadCli } = require(loader) as {
+  loadCli(o?: { useCache?: boolean; bundle?: string; command?: string | undefined; tune?: boolean }): Loaded;
 };
 const bundle = join(repo, 'dist', 'cli', 'qcow2kit.cjs');
 
-test('the build leaves a code cache that V8 accepts for the bundle', () => {
-  const { exports, script } = loadCli();
-  assert.equal(script.cachedDataRejected, false);
-  assert.match(exports.version(), /^\d+\.\d+\.\d+/);
+test('the build leaves a code cache per common command and one for all, each accepted by V8', () => {
+  const commands = readdirSync(join(repo, 'dist', 'cli'))
+    .map((name) => /^qcow2kit\.cjs\.([a-z]+)\.v8cache$/.exec(name)?.[1])
+    .filter((c): c is string => c !== undefined);
+  for (const c of ['convert', 'map', 'info', 'io', 'bench']) assert.ok(commands.includes(c), c);
+  for (const command of commands) {
+    const { exports, script, cacheFile } = loadCli({ command, tune: false });
+    assert.equal(cacheFile, `${bundle}.${command}.v8cache`);
+    assert.equal(script.cachedDataRejected, false, command);
+    assert.match(exports.version(), /^\d+\.\d+\.\d+/);
+  }
+  // Other commands, and anything that is not a plain command name, get the cache for all.
+  for (const command of ['amend', '--version', '../x', undefined]) {
+    const { script, cacheFile } = loadCli({ command, tune: false });
+    assert.equal(cacheFile, `${bundle}.v8cache`, String(command));
+    assert.equal(script.cachedDataRejected, false);
+  }
+});
+
+test('a CLI run sets its V8 flag only after the bundle is compiled, so the cache is still accepted', () => {
+  const code = `const { loadCli } = require(${JSON.stringify(loader)});
+    const r = loadCli({ command: 'convert' });
+    process.stdout.write(JSON.stringify({ rejected: r.script.cachedDataRejected, file: r.cacheFile }));`;
+  const child = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
+  assert.equal(child.status, 0, child.stderr);
+  assert.deepEqual(JSON.parse(child.stdout), { rejected: false, file: `${bundle}.convert.v8cache` });
 });
 
 test('the bundle has no dynamic import(), which vm.Script could not load', () => {
   assert.doesNotMatch(readFileSync(bundle, 'utf8'), /\bimport\(/);
+});
+
+test('the bundle is ASCII, so reading it as latin1 gives the same text', () => {
+  assert.doesNotMatch(readFileSync(bundle, 'latin1'), /[^\x00-\x7f]/);
 });
 
 test('a cache from another build of the bundle is not handed to V8, even at the same length', () => {
@@ -35,9 +70,11 @@ test('a cache from another build of the bundle is not handed to V8, even at the 
     assert.equal(other.length, text.length);
     assert.notEqual(other, text);
     writeFileSync(copy, other);
-    assert.equal(loadCli({ bundle: copy }).script.cachedDataRejected, undefined, 'no cachedData passed');
+    const refused = loadCli({ bundle: copy, tune: false });
+    assert.equal(refused.script.cachedDataRejected, undefined, 'no cachedData passed');
+    assert.equal(refused.cacheFile, undefined);
     writeFileSync(copy, text);
-    assert.equal(loadCli({ bundle: copy }).script.cachedDataRejected, false, 'the matching build uses it');
+    assert.equal(loadCli({ bundle: copy, tune: false }).script.cachedDataRejected, false, 'the matching build uses it');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
