@@ -5,13 +5,13 @@
  * stops the rest, and what was done before it is still saved when the image closes, as in
  * qemu-img.
  */
-import { realpath } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { Qcow2Error } from '../errors.js';
 import type { FormatDriver } from '../format/driver.js';
 import { Qcow2Bitmaps } from '../format/qcow2/bitmaps.js';
 import { Qcow2Driver } from '../format/qcow2/qcow2-driver.js';
 import type { Image } from '../image/image.js';
+import { realpathOf } from '../storage/node-fs.js';
 import { parseSizeArg } from '../util/size.js';
 import { ArgError, parseCommandArgs, type ArgSpec, type ParsedOption } from './args.js';
 import { CliError } from './cli-error.js';
@@ -88,7 +88,7 @@ async function bitmapsOf(image: Image, writable: boolean, file: string): Promise
 }
 
 async function samePath(a: string, b: string): Promise<boolean> {
-  const real = async (p: string): Promise<string> => realpath(p).catch(() => resolve(p));
+  const real = async (p: string): Promise<string> => realpathOf(p).catch(() => resolve(p));
   return (await real(a)) === (await real(b));
 }
 

@@ -2,10 +2,10 @@
  * `qcow2kit commit`: qemu-img commit, writing an overlay's changes into its backing file
  * (or a base further down) and emptying the overlay unless -d or -b.
  */
-import { realpath } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import { Qcow2Error } from '../errors.js';
 import type { Image } from '../image/image.js';
+import { realpathOf } from '../storage/node-fs.js';
 import { commitImage, emptyImage } from '../ops/commit.js';
 import { QemuProgress } from '../ops/qemu-progress.js';
 import { parseSizeArg } from '../util/size.js';
@@ -46,8 +46,8 @@ export async function findBackingImage(top: Image, name: string): Promise<number
   let depth = 0;
   while (layer.backing !== undefined) {
     const below = layer.backing;
-    const wanted = await realpath(combinePath(layer.driver.storage.name, name)).catch(() => undefined);
-    const actual = await realpath(below.driver.storage.name).catch(() => undefined);
+    const wanted = await realpathOf(combinePath(layer.driver.storage.name, name)).catch(() => undefined);
+    const actual = await realpathOf(below.driver.storage.name).catch(() => undefined);
     if (wanted !== undefined && wanted === actual) return depth + 1;
     layer = below;
     depth++;

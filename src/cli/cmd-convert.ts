@@ -2,13 +2,13 @@
  * `qcow2kit convert`: qemu-img convert (raw output for now). Same options, checks, messages
  * and exit codes as qemu-img 7.2; the copy itself is ops/convert.
  */
-import { stat } from 'node:fs/promises';
 import { Qcow2Error } from '../errors.js';
 import type { Image } from '../image/image.js';
 import { convertImage, MAX_MIN_SPARSE, MAX_PARALLEL } from '../ops/convert.js';
 import { createRawTarget } from '../ops/convert-target.js';
 import { createImageTarget } from '../ops/image-target.js';
 import { Qcow2Driver } from '../format/qcow2/qcow2-driver.js';
+import { statPath } from '../storage/node-fs.js';
 import { createImageFile, CreateError } from './cmd-create.js';
 import { openUntrustedForCli, UNTRUSTED_OPTION } from './untrusted.js';
 import { appendOptionList, OptionError } from './option-string.js';
@@ -373,10 +373,10 @@ async function loadSnapshot(param: ParsedSnapshotParam | undefined, sources: Ima
  * lock, so refuse the same case explicitly with qemu-img's message.
  */
 async function refuseOverwritingSource(out: string, sources: readonly string[], skipCreate: boolean): Promise<void> {
-  const o = await stat(out).catch(() => undefined);
+  const o = await statPath(out).catch(() => undefined);
   if (o === undefined) return;
   for (const name of sources) {
-    const st = await stat(name).catch(() => undefined);
+    const st = await statPath(name).catch(() => undefined);
     if (st !== undefined && st.dev === o.dev && st.ino === o.ino) {
       const lock = `Failed to get "write" lock`;
       const hint = `Is another process using the image [${out}]?`;

@@ -4,11 +4,11 @@
  * follow qemu-img (img_create, bdrv_img_create, the qcow2 and file drivers' create); images
  * are byte-identical to qemu-img's (see format/qcow2/create-layout).
  */
-import { unlink } from 'node:fs/promises';
 import { Qcow2Error } from '../errors.js';
 import { planQcow2Image, writeQcow2Image } from '../format/qcow2/create-layout.js';
 import { QCOW2_CREATE_OPTION_INFO, QEMU_BLOCK_DRIVERS, resolveQcow2CreateOptions } from '../format/qcow2/create-options.js';
 import { planRawImage, writeRawImage, type RawPreallocation } from '../format/raw/raw-create.js';
+import { unlinkPath } from '../storage/node-fs.js';
 import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseSizeArg, strtosz } from '../util/size.js';
 import { parseCommandArgs, type ArgSpec } from './args.js';
@@ -337,7 +337,7 @@ async function createQcow2(filename: string, opts: QemuOpts, size: bigint): Prom
   } finally {
     for (const s of storages) await s.close().catch(() => undefined);
     // A failed create removes what it made, like bdrv_co_delete_file_noerr().
-    for (const name of created) await unlink(name).catch(() => undefined);
+    for (const name of created) await unlinkPath(name).catch(() => undefined);
   }
 }
 

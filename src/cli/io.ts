@@ -230,15 +230,15 @@ export function formatSpecific(image: IoImage): FormatSpecific | undefined {
 
 /** `qcow2kit io ...`: qemu-io over files on the local file system. */
 export async function run(argv: string[], io: CliIO): Promise<number> {
-  const [{ openImageFile, Image }, { readFile }, { imageInfo }] = await Promise.all([
+  const [{ openImageFile, Image }, { readWholeFile }, { imageInfo }] = await Promise.all([
     import('../node.js'),
-    import('node:fs/promises'),
+    import('../storage/node-fs.js'),
     import('./image-info.js'),
   ]);
   return runIo(argv, io, {
     // Like qemu-io: follow backing files and probe their format when the image names none.
     open: (path, options) => openImageFile(path, { ...options, dependencies: 'follow-and-probe' }),
-    readFile: async (path) => new Uint8Array(await readFile(path)),
+    readFile: async (path) => new Uint8Array(await readWholeFile(path)),
     formatSpecific: async (image) => {
       if (!(image instanceof Image)) return formatSpecific(image);
       const data = (await imageInfo(image, ''))['format-specific']?.data;

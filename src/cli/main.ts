@@ -228,22 +228,39 @@ interface NodeWritable {
  * A CliWriter over a Node writable stream (process.stdout). Small writes are coalesced
  * into 64 KiB chunks; a broken pipe (EPIPE, `qcow2kit map ... | head`) silently drops
  * further output instead of crashing.
+ *
+ * Given a function, it gets the stream from it on first use: creating process.stdout or
+ * process.stderr loads tty, net and stream code, which a command that prints nothing
+ * (convert, create -q) need not pay for.
  */
 export class StreamWriter implements CliWriter {
-  readonly isTTY: boolean;
-  readonly #stream: NodeWritable;
+  #stream: NodeWritable | undefined;
+  readonly #getStream: (() => NodeWritable) | undefined;
   #parts: (string | Uint8Array)[] = [];
   #queued = 0;
   #needsDrain = false;
   #broken = false;
 
-  constructor(stream: NodeWritable) {
+  constructor(stream: NodeWritable | (() => NodeWritable)) {
+    if (typeof stream === 'function') this.#getStream = stream;
+    else this.#attach(stream);
+  }
+
+  get isTTY(): boolean {
+    return this.#sink().isTTY === true;
+  }
+
+  #sink(): NodeWritable {
+    return this.#stream ?? this.#attach(this.#getStream!());
+  }
+
+  #attach(stream: NodeWritable): NodeWritable {
     this.#stream = stream;
-    this.isTTY = stream.isTTY === true;
     // EPIPE and friends: the reader went away; drop the rest of the output quietly.
     stream.on('error', () => {
       this.#broken = true;
     });
+    return stream;
   }
 
   write(chunk: string | Uint8Array): boolean {
@@ -257,20 +274,22 @@ export class StreamWriter implements CliWriter {
   async flush(): Promise<void> {
     this.#push();
     while (this.#needsDrain && !this.#broken) {
+      // needsDrain is only ever set after a write, so the stream exists by now.
+      const stream = this.#sink();
       await new Promise<void>((resolve) => {
         const done = (): void => {
-          this.#stream.removeListener('drain', done);
-          this.#stream.removeListener('error', done);
-          this.#stream.removeListener('close', closed);
+          stream.removeListener('drain', done);
+          stream.removeListener('error', done);
+          stream.removeListener('close', closed);
           resolve();
         };
         const closed = (): void => {
           this.#broken = true;
           done();
         };
-        this.#stream.once('drain', done);
-        this.#stream.once('error', done);
-        this.#stream.once('close', closed);
+        stream.once('drain', done);
+        stream.once('error', done);
+        stream.once('close', closed);
       });
     }
   }
@@ -296,11 +315,12 @@ export class StreamWriter implements CliWriter {
 
   #send(chunk: string | Uint8Array): void {
     try {
-      if (!this.#stream.write(chunk) && !this.#needsDrain) {
+      const stream = this.#sink();
+      if (!stream.write(chunk) && !this.#needsDrain) {
         // Listen from now on: a 'drain' that fires before flush() is called must not be missed,
         // or the final flush would wait forever.
         this.#needsDrain = true;
-        this.#stream.once('drain', () => {
+        stream.once('drain', () => {
           this.#needsDrain = false;
         });
       }
@@ -313,8 +333,8 @@ export class StreamWriter implements CliWriter {
 /** A CliIO over the real process streams. */
 export function createNodeIO(): CliIO {
   return {
-    stdout: new StreamWriter(process.stdout),
-    stderr: new StreamWriter(process.stderr),
+    stdout: new StreamWriter(() => process.stdout),
+    stderr: new StreamWriter(() => process.stderr),
     env: process.env,
     // Touch process.stdin only when a command reads it: creating it can hold the process open.
     stdin: { [Symbol.asyncIterator]: () => (process.stdin as AsyncIterable<string | Uint8Array>)[Symbol.asyncIterator]() },

@@ -5,7 +5,7 @@
  */
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor, CodecSet, CompressionType } from './codec.js';
-import { ZstdWorkerPool, defaultZstdThreads, zstdInThreadDecompressor } from './zstd-node.js';
+import { ZstdWorkerPool, zstdInThreadDecompressor } from './zstd-node.js';
 import { deflateNodeCompressor, inflateSyncNode } from './deflate-node.js';
 import { nativeZstdCompressor, nativeZstdDecompressor } from './zstd-native.js';
 
@@ -44,7 +44,8 @@ function unknownType(type: unknown): Qcow2Error {
  * ```
  */
 export function createNodeCodecs(options: NodeCodecOptions = {}): NodeCodecSet {
-  const pool = new ZstdWorkerPool({ threads: options.zstdThreads ?? defaultZstdThreads() });
+  // Without zstdThreads the pool works out its default size on first use (node:os, loaded then).
+  const pool = new ZstdWorkerPool(options.zstdThreads === undefined ? {} : { threads: options.zstdThreads });
   // Decoding stays on the calling thread: measured here, worker threads cost ~40 MiB of memory
   // each and did not read faster on 2 cores. zlib compression runs on libuv's thread pool,
   // which uses every core without a JavaScript isolate per thread; WebAssembly zstd needs the

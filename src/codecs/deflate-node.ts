@@ -2,20 +2,32 @@
  * zlib-type (raw DEFLATE) cluster codecs on node:zlib. The asynchronous zlib calls run
  * on libuv's thread pool, so many clusters decode in parallel across cores.
  */
-import zlib from 'node:zlib';
+import { createRequire } from 'node:module';
+import type { ZlibOptions } from 'node:zlib';
 import { Qcow2Error } from '../errors.js';
 import type { ClusterCompressor, ClusterDecompressor } from './codec.js';
 import { inflateRawInto } from './inflate-raw.js';
 
-function inflateRaw(src: Uint8Array, options: zlib.ZlibOptions): Promise<Buffer> {
+let zlibModule: typeof import('node:zlib') | undefined;
+
+/**
+ * node:zlib, loaded on the first compressed cluster: requiring it costs ~3 ms of start-up,
+ * and most CLI runs never meet one.
+ */
+function zlib(): typeof import('node:zlib') {
+  zlibModule ??= createRequire(import.meta.url)('node:zlib') as typeof import('node:zlib');
+  return zlibModule;
+}
+
+function inflateRaw(src: Uint8Array, options: ZlibOptions): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    zlib.inflateRaw(src, options, (err, out) => (err ? reject(err) : resolve(out)));
+    zlib().inflateRaw(src, options, (err, out) => (err ? reject(err) : resolve(out)));
   });
 }
 
-function deflateRaw(src: Uint8Array, options: zlib.ZlibOptions): Promise<Buffer> {
+function deflateRaw(src: Uint8Array, options: ZlibOptions): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    zlib.deflateRaw(src, options, (err, out) => (err ? reject(err) : resolve(out)));
+    zlib().deflateRaw(src, options, (err, out) => (err ? reject(err) : resolve(out)));
   });
 }
 
@@ -43,7 +55,7 @@ export const deflateNodeDecompressor: ClusterDecompressor = {
   async decompress(src, dst) {
     let out: Buffer;
     try {
-      out = await inflateRaw(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: dst.byteLength });
+      out = await inflateRaw(src, { finishFlush: zlib().constants.Z_SYNC_FLUSH, maxOutputLength: dst.byteLength });
     } catch (cause) {
       if ((cause as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') {
         inflateRawInto(src, dst);
@@ -84,7 +96,8 @@ export const deflateNodeCompressor: ClusterCompressor = {
 export function inflateSyncNode(src: Uint8Array, dst: Uint8Array): void {
   let out: Buffer;
   try {
-    out = zlib.inflateRawSync(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    const z = zlib();
+    out = z.inflateRawSync(src, { finishFlush: z.constants.Z_SYNC_FLUSH });
   } catch (cause) {
     throw new Qcow2Error('DECOMPRESS', `deflate: ${(cause as Error).message}`, {}, { cause });
   }
@@ -98,6 +111,6 @@ export function inflateSyncNode(src: Uint8Array, dst: Uint8Array): void {
 
 /** Synchronous raw-deflate encode with QEMU's parameters; undefined when it does not shrink. */
 export function deflateSyncNode(src: Uint8Array): Uint8Array | undefined {
-  const out = zlib.deflateRawSync(src, { windowBits: 12, memLevel: 9 });
+  const out = zlib().deflateRawSync(src, { windowBits: 12, memLevel: 9 });
   return out.byteLength < src.byteLength ? ownBytes(out) : undefined;
 }

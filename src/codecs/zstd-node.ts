@@ -4,7 +4,6 @@
  * buffers are never detached. If workers cannot start or die, work falls back to the
  * calling thread. Idle workers are unref'd: they never keep the process alive.
  */
-import os from 'node:os';
 import { createRequire } from 'node:module';
 import type { Worker } from 'node:worker_threads';
 import { Qcow2Error } from '../errors.js';
@@ -35,6 +34,8 @@ interface PoolWorker {
 
 /** Default pool size: at most 4 threads, fewer on small machines. */
 export function defaultZstdThreads(): number {
+  // Loaded here, not at start-up: node:os costs ~0.4 ms, and most runs never start a pool.
+  const os = createRequire(import.meta.url)('node:os') as typeof import('node:os');
   return Math.max(1, Math.min(4, os.availableParallelism()));
 }
 
@@ -67,7 +68,8 @@ async function runInThread(request: ZstdWorkerRequest, dst: Uint8Array | undefin
  * ```
  */
 export class ZstdWorkerPool {
-  readonly threads: number;
+  /** Undefined: the default, worked out on first use (see defaultZstdThreads). */
+  #threads: number | undefined;
   /** Decompressor that runs on the pool. */
   readonly decompressor: ClusterDecompressor;
   /** Compressor that runs on the pool. */
@@ -79,11 +81,11 @@ export class ZstdWorkerPool {
   #broken = false;
 
   constructor(options: ZstdWorkerPoolOptions = {}) {
-    const threads = options.threads ?? defaultZstdThreads();
-    if (!Number.isInteger(threads) || threads < 0 || threads > 64) {
+    const threads = options.threads;
+    if (threads !== undefined && (!Number.isInteger(threads) || threads < 0 || threads > 64)) {
       throw new Qcow2Error('INVALID_ARGUMENT', `zstd pool: invalid thread count ${threads}`);
     }
-    this.threads = threads;
+    this.#threads = threads;
     // Via ../codecs/ so that it resolves both from dist/codecs/ and from the CLI bundle in dist/cli/.
     this.#workerUrl = options.workerUrl ?? new URL('../codecs/zstd-node-worker.js', import.meta.url);
     this.decompressor = this.decompressorFor('zstd');
@@ -102,6 +104,12 @@ export class ZstdWorkerPool {
   /** A compressor for `codec` that runs on the pool's threads. */
   compressorFor(codec: CompressionType): ClusterCompressor {
     return { compress: (src) => this.#run({ id: 0, codec, op: 'compress', src }, undefined) };
+  }
+
+  /** Most worker threads the pool runs. */
+  get threads(): number {
+    this.#threads ??= defaultZstdThreads();
+    return this.#threads;
   }
 
   /** Number of running worker threads (started lazily on first use). */

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NodeFileStorage } from './node-file-storage.js';
@@ -36,4 +36,23 @@ test('NodeFileStorage: close waits for reads and writes still in flight', async 
   await Promise.all([...ops, closed]);
   assert.equal(events.length, 18);
   assert.equal(events.at(-1), 'close', events.join(' '));
+});
+
+test('NodeFileStorage: a directory is refused and its descriptor closed', async (t) => {
+  if (!existsSync('/proc/self/fd')) return t.skip('no /proc/self/fd');
+  const before = readdirSync('/proc/self/fd').length;
+  await assert.rejects(NodeFileStorage.open(dir, { readOnly: true }), /'file' driver requires .* to be a regular file/);
+  assert.equal(readdirSync('/proc/self/fd').length, before);
+});
+
+test('NodeFileStorage: a second close leaves a file that reused the descriptor alone', async () => {
+  const a = await NodeFileStorage.open(join(dir, 'c'), { create: true, truncate: true });
+  await a.close();
+  const b = await NodeFileStorage.open(join(dir, 'd'), { create: true, truncate: true });
+  await a.close();
+  await b.write(Uint8Array.of(5), 0);
+  const buf = new Uint8Array(1);
+  await b.read(buf, 0);
+  assert.deepEqual(buf, Uint8Array.of(5));
+  await b.close();
 });

@@ -1,8 +1,7 @@
-// Node-only: positional I/O on a FileHandle. Never reads a whole image into memory.
-import { read as readCallback, write as writeCallback } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+// Node-only: positional I/O on a file descriptor. Never reads a whole image into memory.
 import * as path from 'node:path';
 import { Qcow2Error } from '../errors.js';
+import { closeFd, fdatasyncFd, fstatFd, ftruncateFd, openFd, readAt, statPath, writeAt } from './node-fs.js';
 import type { Storage, StorageOpenOptions, StorageResolver } from './storage.js';
 
 /**
@@ -16,12 +15,14 @@ import type { Storage, StorageOpenOptions, StorageResolver } from './storage.js'
 export class NodeFileStorage implements Storage {
   readonly name: string;
   readonly readOnly: boolean;
-  #fh: FileHandle;
+  /** The descriptor; -1 once closed. */
+  #fd: number;
+  #closing: Promise<void> | undefined;
   #size: number;
 
-  private constructor(name: string, fh: FileHandle, size: number, readOnly: boolean) {
+  private constructor(name: string, fd: number, size: number, readOnly: boolean) {
     this.name = name;
-    this.#fh = fh;
+    this.#fd = fd;
     this.#size = size;
     this.readOnly = readOnly;
   }
@@ -30,29 +31,34 @@ export class NodeFileStorage implements Storage {
   static async open(name: string, options: StorageOpenOptions & { create?: boolean; truncate?: boolean } = {}): Promise<NodeFileStorage> {
     const readOnly = options.readOnly ?? false;
     const flags = readOnly ? 'r' : options.create ? (options.truncate ? 'w+' : 'a+') : 'r+';
-    let fh: FileHandle;
+    let fd: number;
     try {
       // 'a+' would force appends; open with 'w+'/'r+' semantics instead.
-      fh = await open(name, flags === 'a+' ? 'r+' : flags).catch(async (e: NodeJS.ErrnoException) => {
-        if (flags === 'a+' && e.code === 'ENOENT') return open(name, 'w+');
+      fd = await openFd(name, flags === 'a+' ? 'r+' : flags).catch(async (e: NodeJS.ErrnoException) => {
+        if (flags === 'a+' && e.code === 'ENOENT') return openFd(name, 'w+');
         throw e;
       });
     } catch (e) {
       throw fileError(name, e);
     }
-    const st = await fh.stat();
-    if (st.isDirectory()) {
-      await fh.close();
-      throw notRegularFile(name);
+    let size: number;
+    try {
+      const st = await fstatFd(fd);
+      if (st.isDirectory()) throw notRegularFile(name);
+      size = st.size;
+    } catch (e) {
+      // Nothing else closes a bare descriptor (a FileHandle would be, at garbage collection).
+      await closeFd(fd).catch(() => undefined);
+      throw e;
     }
-    return new NodeFileStorage(name, fh, st.size, readOnly);
+    return new NodeFileStorage(name, fd, size, readOnly);
   }
 
   async read(dst: Uint8Array, offset: number): Promise<void> {
     const want = Math.max(0, Math.min(dst.byteLength, this.#size - offset));
     let done = 0;
     while (done < want) {
-      const bytesRead = await this.#track(readAt(this.#fh.fd, dst, done, want - done, offset + done));
+      const bytesRead = await this.#track(readAt(this.#fd, dst, done, want - done, offset + done));
       if (bytesRead === 0) break; // file shrank underneath us: rest reads as zero
       done += bytesRead;
     }
@@ -63,16 +69,16 @@ export class NodeFileStorage implements Storage {
     if (this.readOnly) throw new Qcow2Error('READ_ONLY', `${this.name}: file is open read-only`);
     let done = 0;
     while (done < src.byteLength) {
-      const bytesWritten = await this.#track(writeAt(this.#fh.fd, src, done, src.byteLength - done, offset + done));
+      const bytesWritten = await this.#track(writeAt(this.#fd, src, done, src.byteLength - done, offset + done));
       done += bytesWritten;
     }
     if (offset + src.byteLength > this.#size) this.#size = offset + src.byteLength;
   }
 
-  /** Operations on the bare descriptor still running (close waits for them). */
-  readonly #inFlight = new Set<Promise<number>>();
+  /** Operations on the descriptor still running (close waits for them). */
+  readonly #inFlight = new Set<Promise<unknown>>();
 
-  #track(op: Promise<number>): Promise<number> {
+  #track<T>(op: Promise<T>): Promise<T> {
     this.#inFlight.add(op);
     const done = (): void => void this.#inFlight.delete(op);
     op.then(done, done);
@@ -85,45 +91,38 @@ export class NodeFileStorage implements Storage {
 
   async resize(size: number): Promise<void> {
     if (this.readOnly) throw new Qcow2Error('READ_ONLY', `${this.name}: file is open read-only`);
-    await this.#fh.truncate(size);
+    await this.#track(ftruncateFd(this.#fd, size));
     this.#size = size;
   }
 
   async flush(): Promise<void> {
-    if (!this.readOnly) await this.#fh.datasync();
+    if (!this.readOnly) await this.#track(fdatasyncFd(this.#fd));
   }
 
-  async close(): Promise<void> {
-    // FileHandle.close() waits only for its own operations; ours use the bare descriptor, and
-    // closing under them could let a new file reuse the number while they are in flight.
+  /** Idempotent like FileHandle.close(): a second close must not close a reused number. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    // Closing under operations still in flight could let a new file reuse the number while
+    // they run.
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
-    await this.#fh.close();
+    const fd = this.#fd;
+    this.#fd = -1;
+    await closeFd(fd);
   }
 
   async identity(): Promise<string> {
-    const st = await this.#fh.stat({ bigint: true });
+    const st = await this.#track(fstatFd(this.#fd, { bigint: true }));
     return `file:${st.dev}:${st.ino}`;
   }
 
   async allocatedSize(): Promise<number> {
-    const st = await this.#fh.stat();
+    const st = await this.#track(fstatFd(this.#fd));
     return st.blocks * 512;
   }
-}
-
-// Positional I/O through the callback API on the FileHandle's descriptor: FileHandle.read/write
-// cost about twice the main-thread time per call (measured: 30,000 64 KiB writes, ~0.45 s of
-// CPU against ~0.23 s), which shows in runs of many small requests such as `bench`.
-function readAt(fd: number, dst: Uint8Array, at: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    readCallback(fd, dst, at, length, position, (err, n) => (err ? reject(err) : resolve(n)));
-  });
-}
-
-function writeAt(fd: number, src: Uint8Array, at: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    writeCallback(fd, src, at, length, position, (err, n) => (err ? reject(err) : resolve(n)));
-  });
 }
 
 /** QEMU's file driver refuses directories with these words (the CLI adds "Could not open"). */
@@ -160,7 +159,7 @@ export class NodeFileResolver implements StorageResolver {
 /** True when `name` exists (used by the CLI for better messages). */
 export async function fileExists(name: string): Promise<boolean> {
   try {
-    await stat(name);
+    await statPath(name);
     return true;
   } catch {
     return false;
