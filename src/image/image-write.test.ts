@@ -146,4 +146,11 @@ test('a write that would hit metadata marks the image corrupt instead of damagin
     (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
   const ro = await openImage(new MemoryStorage(after.slice()), { format: 'qcow2', codecs });
   await ro.read(new Uint8Array(512), 0);
+  // The same for the other tables of the builder's layout: refcount block (2) and L2 table (4).
+  for (const [cluster, name] of [[2, 'refcount block'], [4, 'active L2 table']] as const) {
+    const img = buildQcow2({ size: 1 << 20, entries: [{ cluster: 0, kind: 'raw-entry', hi: 0x80000000, lo: cluster * cs }] });
+    const target = await openImage(new MemoryStorage(img), { format: 'qcow2', codecs, readOnly: false });
+    await assert.rejects(target.write(new Uint8Array(4096).fill(1), 8192),
+      (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT' && e.message.includes(`overlaps with ${name}`), name);
+  }
 });

@@ -195,8 +195,8 @@ export class Refcounts {
     this.#decreased.clear();
   }
 
-  /** True when host offset `offset` holds a refcount block (for the overlap check). */
-  isRefblock(offset: number): boolean {
+  /** Host offsets of the refcount blocks (for the overlap check); kept current as blocks are added. */
+  refblocks(): ReadonlySet<number> {
     if (this.#refblockSet === undefined) {
       this.#refblockSet = new Set();
       for (let i = 0; i < this.#reftable.byteLength / 8; i++) {
@@ -204,7 +204,7 @@ export class Refcounts {
         if (off !== 0) this.#refblockSet.add(off);
       }
     }
-    return this.#refblockSet.has(offset);
+    return this.#refblockSet;
   }
 
   /** Old refcount tables replaced by growth, to free after the header is rewritten. */
