@@ -26,6 +26,11 @@ const result = await build({
   // Loads its .wasm file relative to itself.
   external: ['@bokuweb/zstd-wasm'],
   charset: 'ascii',
+  // Less to read and hold at every start (633 KB -> 442 KB): loading the bundle with its cache
+  // took 17.4 against 21.2 ms (median of 25 runs each). Names are kept, so stacks
+  // (QCOW2KIT_DEBUG=1) still name functions; their line numbers point into long lines.
+  minifyWhitespace: true,
+  minifySyntax: true,
   logLevel: 'warning',
   write: false,
 });
