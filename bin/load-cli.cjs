@@ -65,7 +65,9 @@ function loadCli({ useCache = true, bundle = BUNDLE, command, tune = true } = {}
   let cacheFile;
   if (useCache) {
     const id = buildId(source);
-    for (const file of typeof command === 'string' && /^[a-z]+$/.test(command) ? [cacheFileFor(bundle, command), cacheFileFor(bundle, undefined)] : [cacheFileFor(bundle, undefined)]) {
+    const files = [cacheFileFor(bundle, undefined)];
+    if (typeof command === 'string' && /^[a-z]+$/.test(command)) files.unshift(cacheFileFor(bundle, command));
+    for (const file of files) {
       cachedData = readCache(file, id);
       if (cachedData !== undefined) {
         cacheFile = file;
@@ -92,4 +94,4 @@ function writeCodeCache(script, source, { bundle = BUNDLE, command } = {}) {
   return cacheFile;
 }
 
-module.exports = { loadCli, writeCodeCache, V8_FLAGS };
+module.exports = { loadCli, writeCodeCache };
