@@ -33,6 +33,7 @@ import type { Image } from '../image/image.js';
 import { openImage } from '../image/open-image.js';
 import type { OpenPolicy } from '../image/open-policy.js';
 import type { Storage } from '../storage/storage.js';
+import { storageView } from '../storage/storage-view.js';
 import { getU32BE } from '../util/bytes.js';
 
 /** Caps on what an untrusted image may make us hold in memory. */
@@ -509,17 +510,5 @@ async function inspectQcow2(
  * (whose close() closes its storage) over a storage it keeps using.
  */
 export function borrowStorage(storage: Storage): Storage {
-  const view: Storage = {
-    name: storage.name,
-    readOnly: storage.readOnly,
-    read: (dst, offset) => storage.read(dst, offset),
-    write: (src, offset) => storage.write(src, offset),
-    size: () => storage.size(),
-    resize: (size) => storage.resize(size),
-    flush: () => storage.flush(),
-    close: async () => {},
-  };
-  if (storage.allocatedSize !== undefined) view.allocatedSize = () => storage.allocatedSize!();
-  if (storage.identity !== undefined) view.identity = () => storage.identity!();
-  return view;
+  return storageView(storage, { close: async () => {} });
 }

@@ -7,6 +7,7 @@
  * against qemu-img's 0.21 s).
  */
 import type { Storage, StorageResolver } from './storage.js';
+import { storageView } from './storage-view.js';
 
 /**
  * `storage` with `flush()` doing nothing; everything else is passed through.
@@ -18,21 +19,7 @@ import type { Storage, StorageResolver } from './storage.js';
  * ```
  */
 export function withoutFlush(storage: Storage): Storage {
-  const s = storage;
-  return {
-    name: s.name,
-    readOnly: s.readOnly,
-    read: (dst, offset) => s.read(dst, offset),
-    write: (src, offset) => s.write(src, offset),
-    size: () => s.size(),
-    resize: (size) => s.resize(size),
-    flush: async () => {},
-    close: () => s.close(),
-    ...(s.allocatedSize ? { allocatedSize: () => s.allocatedSize!() } : {}),
-    ...(s.identity ? { identity: () => s.identity!() } : {}),
-    ...(s.writeZeroes ? { writeZeroes: (offset: number, length: number) => s.writeZeroes!(offset, length) } : {}),
-    ...(s.discard ? { discard: (offset: number, length: number) => s.discard!(offset, length) } : {}),
-  };
+  return storageView(storage, { flush: async () => {} });
 }
 
 /** A resolver whose storages (backing and data files) ignore flushes, as {@link withoutFlush}. */
