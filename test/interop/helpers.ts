@@ -361,6 +361,16 @@ export async function diffFiles(a: string, b: string): Promise<string | undefine
   }
 }
 
+/**
+ * A file's data and hole runs as the file system reports them (SEEK_DATA/SEEK_HOLE, through
+ * `qemu-img map -f raw`). Compare these rather than `actual-size`: st_blocks also counts the
+ * file system's extent blocks, which depend on how fragmented a file happened to come out.
+ */
+export async function fileHoles(path: string): Promise<unknown> {
+  const r = await must('qemu-img', ['map', '--output=json', '-f', 'raw', path]);
+  return parseJson(r.stdout, `map of ${path}`);
+}
+
 /** JSON.parse with the offending text in the error. */
 export function parseJson(text: string, what: string): unknown {
   try {
