@@ -149,9 +149,11 @@ export async function convertImage(
 
   // Non-zero sector runs of [from, to) of the job, zero runs skipped with qemu-img's -S rules.
   const writeSectors = async (buf: Uint8Array, words: Int32Array, job: Job, from: number, to: number): Promise<void> => {
-    const sectors = to / SECTOR;
+    // `| 0` (buffers are at most 32 MiB): optimized code may box the quotients as doubles,
+    // and the scans' optimized code, which expects small integers, would be thrown away.
+    const sectors = (to / SECTOR) | 0;
     const sectorNum = job.offset / SECTOR;
-    let first = from / SECTOR;
+    let first = (from / SECTOR) | 0;
     while (first < sectors) {
       const run = allocatedRunMin(words, first, sectors - first, sectorNum + first, minSectors, alignment);
       const n = run < 0 ? -run : run;

@@ -124,9 +124,16 @@ export function allocatedRunMinByScan(words: Int32Array, first: number, n: numbe
 function dataRunByProbes(words: Int32Array, first: number, n: number, sectorNum: number, min: number, alignment: number): number {
   if (min <= 1) return 0;
   const end = first + n;
-  for (let s = first, w = first * WORDS_PER_SECTOR; s < end; s += min, w += min * WORDS_PER_SECTOR) {
-    if (words[w] === 0 && words[w + WORDS_PER_SECTOR - 1] === 0 && sectorIsZero(words, s)) return 0;
+  const step = min * WORDS_PER_SECTOR;
+  let s = first;
+  let w = first * WORDS_PER_SECTOR;
+  // Four probes per turn with one load each: this loop runs before V8 optimizes it, often
+  // for most of a conversion, and random data almost never has a zero first word.
+  for (; s + 3 * min < end; s += 4 * min, w += 4 * step) {
+    if (words[w] !== 0 && words[w + step] !== 0 && words[w + 2 * step] !== 0 && words[w + 3 * step] !== 0) continue;
+    for (let k = 0; k < 4; k++) if (probeIsZero(words, s + k * min)) return 0;
   }
+  for (; s < end; s += min) if (probeIsZero(words, s)) return 0;
   // The zero tail is shorter than min (or a probe would have found it).
   let dataEnd = end;
   while (sectorIsZero(words, dataEnd - 1)) dataEnd--;
@@ -134,6 +141,12 @@ function dataRunByProbes(words: Int32Array, first: number, n: number, sectorNum:
   const used = dataEnd - first;
   const aligned = Math.ceil((sectorNum + used) / alignment) * alignment - sectorNum;
   return Math.min(aligned, n);
+}
+
+/** {@link sectorIsZero}, with its first and last word checked first. */
+function probeIsZero(words: Int32Array, sector: number): boolean {
+  const w = sector * WORDS_PER_SECTOR;
+  return words[w] === 0 && words[w + WORDS_PER_SECTOR - 1] === 0 && sectorIsZero(words, sector);
 }
 
 /**
