@@ -75,8 +75,8 @@ function loadCli({ useCache = true, bundle = BUNDLE, command, tune = true } = {}
       }
     }
   }
-  const wrapped = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
-  const script = new vm.Script(wrapped, { filename: bundle, ...(cachedData ? { cachedData } : {}) });
+  // The file is already the module wrapper function (scripts/bundle-cli.mjs).
+  const script = new vm.Script(source, { filename: bundle, ...(cachedData ? { cachedData } : {}) });
   const mod = { exports: {} };
   script.runInThisContext()(mod.exports, createRequire(bundle), mod, bundle, path.dirname(bundle));
   // Only now: V8 checks a code cache against its flags, Node's own caches of its modules too.

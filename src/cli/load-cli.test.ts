@@ -55,6 +55,13 @@ test('the bundle has no dynamic import(), which vm.Script could not load', () =>
   assert.doesNotMatch(readFileSync(bundle, 'utf8'), /\bimport\(/);
 });
 
+test('the bundle is stored as its module wrapper function, which loadCli compiles as read', () => {
+  const lines = readFileSync(bundle, 'latin1').split('\n');
+  assert.match(lines[0]!, /^\/\/ qcow2kit CLI bundle, build [0-9a-f]{16}$/);
+  assert.ok(lines[1]!.startsWith('(function (exports, require, module, __filename, __dirname) {'), lines[1]!.slice(0, 80));
+  assert.deepEqual(lines.slice(-2), ['})', '']);
+});
+
 test('the bundle is ASCII, so reading it as latin1 gives the same text', () => {
   assert.doesNotMatch(readFileSync(bundle, 'latin1'), /[^\x00-\x7f]/);
 });
