@@ -17,6 +17,7 @@ import { parseSnapshotParam, snapshotLookupKey, snapshotMatches, type ParsedSnap
 import { NodeFileStorage } from '../storage/node-file-storage.js';
 import { parseSizeArg } from '../util/size.js';
 import { openImageFile } from '../open-image-file-node.js';
+import { SEQUENTIAL_L2_CACHE_BYTES } from './open-for-cli.js';
 import { parseCommandArgs, type ArgSpec } from './args.js';
 import { CliError } from './cli-error.js';
 import { PROGRAM, type CliIO } from './main.js';
@@ -222,7 +223,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   let targetImage: Image | undefined;
   try {
     for (const name of sourceNames) {
-      sources.push(s.untrusted ? await openUntrustedForCli(name, { format: s.format }) : await openCliImage(name, { format: s.format }));
+      sources.push(s.untrusted ? await openUntrustedForCli(name, { format: s.format }) : await openCliImage(name, { format: s.format, sequential: true }));
     }
     await loadSnapshot(s.snapshot, sources, sourceNames, s.untrusted);
     if (s.bitmaps && s.outFormat !== 'qcow2') throw new CliError('--bitmaps is only supported with qcow2 output');
@@ -426,12 +427,13 @@ function stripOpenPrefix(message: string, name: string): string {
  * format probed when the image does not name it, as qemu-img 7.2 does), and every failure
  * reported as "Could not open 'NAME': <reason>".
  */
-export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string; writable?: boolean; ignoreFlush?: boolean }): Promise<Image> {
+export async function openCliImage(name: string, opts: { format?: string | undefined; snapshot?: string; writable?: boolean; ignoreFlush?: boolean; sequential?: boolean }): Promise<Image> {
   try {
     return await openImageFile(name, {
       readOnly: opts.writable !== true,
       ignoreFlush: opts.ignoreFlush === true,
       dependencies: 'follow-and-probe',
+      ...(opts.sequential === true ? { l2CacheBytes: SEQUENTIAL_L2_CACHE_BYTES } : {}),
       ...(opts.format !== undefined ? { format: opts.format } : {}),
       ...(opts.snapshot !== undefined ? { snapshot: opts.snapshot } : {}),
     });

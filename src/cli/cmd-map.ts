@@ -32,7 +32,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   const file = args.positionals[0]!;
   const image = args.has('untrusted')
     ? await openUntrustedForCli(file, { format: args.get('format') })
-    : await openForCli(file, { format: args.get('format') });
+    : await openForCli(file, { format: args.get('format'), sequential: true });
   try {
     let pressure = false;
     const sink = (text: string): void => {

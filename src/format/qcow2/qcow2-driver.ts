@@ -89,7 +89,8 @@ export class Qcow2Driver implements FormatDriver {
     const budget = opts.l2CacheBytes ?? Math.min(DEFAULT_L2_CACHE_MAX, Math.max(2 * meta.clusterSize, Math.ceil(cover / meta.clusterSize) * meta.clusterSize));
     this.state = {
       storage, meta, clusterSize: meta.clusterSize, clusterBits: meta.header.clusterBits, l1, l1Entries, l1Dirty: false,
-      l2: new TableCache(storage, meta.clusterSize, budget),
+      // Read-only, the driver takes tables only through `use` (#withRuns) and `has`.
+      l2: new TableCache(storage, meta.clusterSize, budget, { recycle: opts.readOnly }),
       decompressor: opts.codecs.decompressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib'),
       compressor: opts.codecs.compressor(meta.header.compressionType === 1 ? 'zstd' : 'zlib'),
       refcounts, lock: new AsyncMutex(), headerDirty: false, readOnly: opts.readOnly,
@@ -251,10 +252,7 @@ export class Qcow2Driver implements FormatDriver {
     if (l2Offset % cs !== 0 || l2Offset > MAX_HOST_OFFSET) {
       throw new Qcow2Error('CORRUPT', `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`, { l1Index, l2Offset });
     }
-    const cached = this.state.l2.get(l2Offset);
-    if (cached instanceof Uint8Array) return done(this.#scanTable(cached, offset, end, l1Index, l2Offset, out));
-    this.#readAheadL2(l1Index);
-    return cached.then((t) => done(this.#scanTable(t, offset, end, l1Index, l2Offset, out)));
+    return this.state.l2.use(l2Offset, (t) => done(this.#scanTable(t, offset, end, l1Index, l2Offset, out)), () => this.#readAheadL2(l1Index));
   }
 
   /**
