@@ -1,5 +1,5 @@
 // Node-only: positional I/O on a file descriptor. Never reads a whole image into memory.
-import * as path from 'node:path';
+import { isAbsolute } from 'node:path';
 import { Qcow2Error } from '../errors.js';
 import { closeFd, fdatasyncFd, fstatFd, ftruncateFd, openFd, readAt, statPath, writeAt } from './node-fs.js';
 import type { Storage, StorageOpenOptions, StorageResolver } from './storage.js';
@@ -145,7 +145,7 @@ export function fileError(name: string, e: unknown): Qcow2Error {
  */
 export class NodeFileResolver implements StorageResolver {
   resolveName(name: string, from: Storage | undefined): string {
-    if (path.isAbsolute(name) || from === undefined) return name;
+    if (isAbsolute(name) || from === undefined) return name;
     // Like QEMU's path_combine: keep the referencing name's directory part verbatim.
     const slash = from.name.lastIndexOf('/');
     return slash < 0 ? name : from.name.slice(0, slash + 1) + name;
