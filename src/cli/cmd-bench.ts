@@ -83,12 +83,12 @@ interface BenchOptions extends BenchParams {
 export async function run(argv: string[], io: CliIO): Promise<number> {
   return runBenchCommand(argv, io, {
     open: (path, o) => openForCli(path, { format: o.format, readOnly: o.readOnly }),
-    // Requests go through the page cache and finish in microseconds, less than waking one of
+    // Buffered writes land in the page cache in microseconds, less than waking one of
     // libuv's four pool threads for each costs: with one thread, `bench -w -c 30000 -d 8
-    // -s 64k` took ~0.8 s instead of ~0.94 s (qemu-img ~0.77 s). Writethrough modes wait
-    // for a sync after every write and keep the four.
+    // -s 64k` took ~0.8 s instead of ~0.94 s (qemu-img ~0.77 s). Reads may wait for the disk
+    // and writethrough waits for a sync after every write: those keep the four.
     beforeOpen: (o) => {
-      if (o.writethrough !== true) useOnePoolThread();
+      if (o.write && o.writethrough !== true) useOnePoolThread();
     },
   });
 }
