@@ -199,7 +199,13 @@ export class Refcounts {
   refblocks(): ReadonlySet<number> {
     if (this.#refblockSet === undefined) {
       this.#refblockSet = new Set();
-      for (let i = 0; i < this.#reftable.byteLength / 8; i++) {
+      // Entries past the last non-zero one are skipped by the tightest loop there is: this runs
+      // before V8 optimizes it, and a new image's table has 8,192 entries, all but a few zero.
+      // The table is ours (allocated whole), so its words are aligned.
+      const words = new Uint32Array(this.#reftable.buffer, this.#reftable.byteOffset, this.#reftable.byteLength >>> 2);
+      let used = words.length;
+      while (used > 0 && words[used - 1] === 0) used--;
+      for (let i = 0; i < (used + 1) >>> 1; i++) {
         const off = this.#blockOffset(i * this.#entriesPerBlock);
         if (off !== 0) this.#refblockSet.add(off);
       }
