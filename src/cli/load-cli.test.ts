@@ -18,8 +18,9 @@ interface Loaded {
 }
 // Tests in this process pass tune: false: the V8 flag loadCli sets would change V8's flag
 // hash, and V8 would then refuse every cache compiled afterwards in this process.
-const { loadCli } = require(loader) as {
+const { loadCli, v8FlagsFor } = require(loader) as {
   loadCli(o?: { useCache?: boolean; bundle?: string; command?: string | undefined; tune?: boolean }): Loaded;
+  v8FlagsFor(command: string | undefined): string;
 };
 const bundle = join(repo, 'dist', 'cli', 'qcow2kit.cjs');
 
@@ -49,6 +50,12 @@ test('a CLI run sets its V8 flag only after the bundle is compiled, so the cache
   const child = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
   assert.equal(child.status, 0, child.stderr);
   assert.deepEqual(JSON.parse(child.stdout), { rejected: false, file: `${bundle}.convert.v8cache` });
+});
+
+test('convert runs get a larger interrupt budget on top of the inlining flag; other commands only the latter', () => {
+  const base = '--max-inlined-bytecode-size-cumulative=200';
+  assert.equal(v8FlagsFor('convert'), `${base} --interrupt-budget=1081344`);
+  for (const command of ['map', 'bench', 'info', '--version', 'toString', '__proto__', undefined]) assert.equal(v8FlagsFor(command), base, String(command));
 });
 
 test('the bundle has no dynamic import(), which vm.Script could not load', () => {
