@@ -16,7 +16,8 @@ const FIRST_QUERY_BUFFERS = 8;
 /**
  * Walks the source's block status and cuts it into jobs the way qemu-img's
  * convert_iteration_sectors does: one block-status query per run (at most
- * {@link MAX_STATUS_QUERY} bytes), data cut into buffer-sized pieces from the run start.
+ * {@link MAX_STATUS_QUERY} bytes, the first few shorter), data cut into buffer-sized pieces
+ * from the run start.
  */
 export class JobCutter {
   readonly #source: ConcatSource;
