@@ -87,8 +87,13 @@ for (const cfg of configs) {
       // in issue order: the engine serialises overlapping writes in that order.
       const ops: Promise<void>[] = [];
       for (let k = 0; k < 12; k++) {
-        const off = Math.floor(rand() * size);
-        const len = Math.max(1, Math.min(size - off, Math.floor(rand() * (rand() < 0.5 ? 3 * cs : 9000))));
+        let off = Math.floor(rand() * size);
+        let len = Math.max(1, Math.min(size - off, Math.floor(rand() * (rand() < 0.5 ? 3 * cs : 9000))));
+        if (rand() < 0.3) {
+          // Whole clusters: fresh ones are allocated without copy-on-write.
+          off = Math.floor(off / cs) * cs;
+          len = Math.min(size - off, Math.ceil(len / cs) * cs);
+        }
         const kind = rand();
         if (kind < 0.55) {
           const data = pattern(len, round * 100 + k);

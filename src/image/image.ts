@@ -220,19 +220,35 @@ export class Image implements ImageReader {
 
   readonly #ranges = new RangeLock();
 
-  async #locked(offset: number, length: number, fn: (w: DriverWriter) => Promise<void>): Promise<void> {
+  /** Run `fn` holding the guest clusters of [offset, offset + length). */
+  #locked(offset: number, length: number, fn: (w: DriverWriter) => Promise<void>): Promise<void> {
     const w = this.driver.writer;
-    if (w === undefined) throw new Qcow2Error('READ_ONLY', 'Image is opened read-only', {});
+    if (w === undefined) return Promise.reject(new Qcow2Error('READ_ONLY', 'Image is opened read-only'));
     const cs = this.driver.clusterSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
-    const release = await this.#ranges.acquire(first, last);
-    try {
-      await fn(w);
-    } finally {
+    const unlock = (release: () => void): void => {
       for (let c = first; c <= last; c++) this.#clusters.delete(c * cs);
       release();
-    }
+    };
+    const run = (release: () => void): Promise<void> => {
+      let done: Promise<void>;
+      try {
+        done = fn(w);
+      } catch (e) {
+        done = Promise.reject(e);
+      }
+      return done.then(
+        () => unlock(release),
+        (e: unknown) => {
+          unlock(release);
+          throw e;
+        },
+      );
+    };
+    // Uncontended (the usual case): no wait for the lock, and so no extra turn of the queue.
+    const release = this.#ranges.tryAcquire(first, last);
+    return release !== undefined ? run(release) : this.#ranges.acquire(first, last).then(run);
   }
 
   /** What the layers below show, for copy-on-write. */

@@ -17,3 +17,20 @@ test('runs holders one at a time in order, even when one fails', async () => {
   assert.equal(results[1]!.status, 'rejected');
   assert.deepEqual(results[2], { status: 'fulfilled', value: 'c' });
 });
+
+test('idle only while no holder runs or waits, failed holders included', async () => {
+  const m = new AsyncMutex();
+  assert.equal(m.idle, true);
+  let open!: () => void;
+  const first = m.run(() => new Promise<void>((r) => (open = r)));
+  const second = m.run(async () => {
+    assert.equal(m.idle, false);
+    throw new Error('second');
+  });
+  assert.equal(m.idle, false);
+  await Promise.resolve();
+  open();
+  await first;
+  await assert.rejects(second, /second/);
+  assert.equal(m.idle, true);
+});

@@ -71,7 +71,11 @@ export class Qcow2Writer implements DriverWriter {
   async #guard(hostOffset: number, length: number): Promise<void> {
     if (this.#external) return;
     const hit = this.#overlap.check(hostOffset, length);
-    if (hit === undefined) return;
+    if (hit !== undefined) await this.#refuse(hit, hostOffset, length);
+  }
+
+  /** Mark the image corrupt and fail: a write to `hostOffset` would hit the metadata `hit`. */
+  async #refuse(hit: string, hostOffset: number, length: number): Promise<never> {
     const message = `Preventing invalid write on metadata (overlaps with ${hit})`;
     await this.#markCorrupt(message);
     throw new Qcow2Error('CORRUPT', message, { hostOffset, length, structure: hit });
@@ -114,8 +118,106 @@ export class Qcow2Writer implements DriverWriter {
   }
 
   /** Write guest data, allocating and copying on write as needed. */
-  async writeData(offset: number, src: Uint8Array, below: BelowReader, placed?: () => void): Promise<void> {
+  writeData(offset: number, src: Uint8Array, below: BelowReader, placed?: () => void): Promise<void> {
     this.bitmaps?.markDirty(offset, src.byteLength);
+    return this.#writeNow(offset, src, placed) ?? this.#writeData(offset, src, below, placed);
+  }
+
+  /**
+   * The common write with no await but the data's: clusters all ours (written in place) or
+   * all fresh and covered whole (allocated, nothing to copy), in one cached L2 table of ours,
+   * while nothing holds the metadata lock (so this acts as a holder). `undefined`, with
+   * nothing changed, when the write needs the general path. Per request this saves a dozen
+   * awaits, most of the main thread's work in `bench -w`.
+   */
+  #writeNow(offset: number, src: Uint8Array, placed: (() => void) | undefined): Promise<void> | undefined {
+    const s = this.#s;
+    if (!s.lock.idle || this.#ext || this.#external || !this.#metadataReady()) return undefined;
+    const cs = s.clusterSize;
+    const l2Entries = s.meta.l2Entries;
+    const end = offset + src.byteLength;
+    const first = Math.floor(offset / cs);
+    const count = Math.floor((end - 1) / cs) - first + 1;
+    const l1Index = Math.floor(first / l2Entries);
+    if (Math.floor((first + count - 1) / l2Entries) !== l1Index) return undefined;
+    const l2Offset = this.#ownedL2(l1Index);
+    const bytes = l2Offset === 0 ? undefined : s.l2.peek(l2Offset);
+    if (bytes === undefined) return undefined;
+    const table = tableViews(bytes).view;
+    const at = (first % l2Entries) * 8;
+    const hi0 = table.getUint32(at);
+    const host0 = entryOffset(hi0, table.getUint32(at + 4));
+    let host: number;
+    if (host0 !== 0) {
+      // In place: every cluster plain data of ours, contiguous on the host.
+      for (let i = 0; i < count; i++) {
+        const hi = table.getUint32(at + i * 8);
+        const lo = table.getUint32(at + i * 8 + 4);
+        if (!isCopied(hi) || isCompressed(hi) || isZeroFlag(lo) || entryOffset(hi, lo) !== host0 + i * cs) return undefined;
+      }
+      if (host0 % cs !== 0 || host0 > MAX_HOST_OFFSET) return undefined;
+      host = host0 + (offset - first * cs);
+    } else {
+      // Fresh clusters covered whole: unallocated or zero without a host cluster.
+      if (offset % cs !== 0 || end % cs !== 0) return undefined;
+      for (let i = 0; i < count; i++) {
+        const hi = table.getUint32(at + i * 8);
+        if (isCompressed(hi) || entryOffset(hi, table.getUint32(at + i * 8 + 4)) !== 0) return undefined;
+      }
+      const fresh = this.#refcounts().allocateNow(count);
+      if (fresh === undefined) return undefined;
+      host = fresh;
+    }
+    placed?.();
+    const hit = this.#overlap.check(host, src.byteLength);
+    if (hit !== undefined) return this.#refuse(hit, host, src.byteLength);
+    const written = s.storage.write(src, host);
+    return host0 !== 0 ? written : written.then(() => this.#mapFresh(l1Index, first, count, host));
+  }
+
+  /** Point fresh guest clusters at their (written) host clusters. */
+  #mapFresh(l1Index: number, first: number, count: number, host: number): Promise<void> | undefined {
+    const s = this.#s;
+    const set = (table: DataView, l2Offset: number): void => {
+      const l2Entries = s.meta.l2Entries;
+      for (let i = 0; i < count; i++) {
+        const [hi, lo] = encodeStandard(host + i * s.clusterSize, true);
+        this.#setEntry(table, (first + i) % l2Entries, hi, lo, 0, 0);
+      }
+      s.l2.markDirty(l2Offset);
+    };
+    const l2Offset = s.lock.idle ? this.#ownedL2(l1Index) : 0;
+    const bytes = l2Offset === 0 ? undefined : s.l2.peek(l2Offset);
+    if (bytes !== undefined) {
+      set(tableViews(bytes).view, l2Offset);
+      return s.l2.overBudget ? this.flush() : undefined;
+    }
+    // The table moved meanwhile (a snapshot shares it now, or it left the cache).
+    return s.lock
+      .run(async () => {
+        const { offset, table } = await this.#writableL2(l1Index);
+        set(table, offset);
+      })
+      .then(() => this.#relieveCaches());
+  }
+
+  /** Offset of the L2 table for `l1Index` when it exists, is ours alone (COPIED) and well placed; else 0. */
+  #ownedL2(l1Index: number): number {
+    const s = this.#s;
+    if (l1Index >= s.l1Entries) return 0;
+    const hi = s.l1.getUint32(l1Index * 8);
+    if (!isCopied(hi)) return 0;
+    const off = entryOffset(hi, s.l1.getUint32(l1Index * 8 + 4));
+    return off % s.clusterSize === 0 && off <= MAX_HOST_OFFSET ? off : 0;
+  }
+
+  /** True when #beforeMetadataChange has nothing to do (no throw, no dirty bit to set). */
+  #metadataReady(): boolean {
+    const h = this.#s.meta.header;
+    return !this.#s.readOnly && !this.#corrupt && (this.#dirtyBitSet || h.version < 3 || !hasBit(h.compatibleFeatures, COMPAT_LAZY_REFCOUNTS));
+  }
+
+  async #writeData(offset: number, src: Uint8Array, below: BelowReader, placed: (() => void) | undefined): Promise<void> {
     await this.#beforeMetadataChange();
     let pos = offset;
     const end = offset + src.byteLength;

@@ -45,3 +45,37 @@ test('a refblock that cannot be addressed exactly is corrupt, not read', async (
   assert.equal(await rc.allocate(61), 3 * CS);
   await assert.rejects(rc.allocate(1), (e: unknown) => e instanceof Qcow2Error && e.code === 'CORRUPT');
 });
+
+describe('Refcounts.allocateNow', () => {
+  test('takes the clusters allocate would, while the refblocks are cached', async () => {
+    const slow = await tiny();
+    const fast = await tiny();
+    await fast.get(3); // loads the refblock: allocateNow never reads
+    for (const n of [1, 5, 2, 40]) assert.equal(fast.allocateNow(n), await slow.allocate(n), `run of ${n}`);
+    await fast.free(4 * CS, 2); // a hole in the middle: found again
+    await slow.free(4 * CS, 2);
+    assert.equal(fast.allocateNow(1), await slow.allocate(1));
+    for (const c of [3, 4, 5, 50, 51]) assert.equal(await fast.get(c), await slow.get(c), `cluster ${c}`);
+  });
+
+  test('declines, changing nothing, when it would need a refblock it does not have', async () => {
+    const cold = await tiny();
+    assert.equal(cold.allocateNow(1), undefined); // refblock 0 not loaded yet
+    assert.equal(await cold.allocate(1), 3 * CS);
+    const rc = await tiny();
+    await rc.get(0);
+    assert.equal(rc.allocateNow(61), 3 * CS); // the first refblock's range, exactly
+    assert.equal(rc.allocateNow(1), undefined); // cluster 64 has no refblock yet
+    assert.equal(await rc.get(64), 0);
+    assert.equal(await rc.allocate(1), 64 * CS);
+  });
+
+  test('declines while an allocation is awaiting', async () => {
+    const rc = await tiny();
+    await rc.get(0);
+    const pending = rc.allocate(70); // needs a new refblock: awaits
+    assert.equal(rc.allocateNow(1), undefined);
+    assert.equal(await pending, 3 * CS);
+    assert.equal(rc.allocateNow(1), 74 * CS);
+  });
+});

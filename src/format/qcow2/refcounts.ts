@@ -104,24 +104,30 @@ export class Refcounts {
     for (let c = first; c < end;) {
       const block = await this.#block(c, delta > 0);
       if (block === undefined) throw new Qcow2Error('CORRUPT', `Refcount of cluster ${c} would become negative`, { cluster: c });
-      const blockOffset = this.#blockOffset(c);
-      const stop = Math.min(end, (Math.floor(c / this.#entriesPerBlock) + 1) * this.#entriesPerBlock);
-      this.#keepDiskCopy(blockOffset, block);
-      if (delta < 0) this.#decreased.add(blockOffset);
-      this.#blocks.markDirty(blockOffset);
-      for (; c < stop; c++) {
-        const i = c % this.#entriesPerBlock;
-        const next = getRefcount(block, i, this.#order) + delta;
-        if (next < 0 || next > this.#max) {
-          throw new Qcow2Error('CORRUPT', next < 0
-            ? `Refcount of cluster ${c} would become negative`
-            : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
-        }
-        setRefcount(block, i, this.#order, next);
-        if (next === 0 && c < this.#freeHint) this.#freeHint = c;
-      }
-      if (stop > this.#end) this.#end = stop;
+      c = this.#updateIn(block, c, end, delta);
     }
+  }
+
+  /** Add `delta` to clusters [c, end) as far as `block` (the refblock of `c`) covers them; returns where it stopped. */
+  #updateIn(block: Uint8Array, c: number, end: number, delta: number): number {
+    const blockOffset = this.#blockOffset(c);
+    const stop = Math.min(end, (Math.floor(c / this.#entriesPerBlock) + 1) * this.#entriesPerBlock);
+    this.#keepDiskCopy(blockOffset, block);
+    if (delta < 0) this.#decreased.add(blockOffset);
+    this.#blocks.markDirty(blockOffset);
+    for (; c < stop; c++) {
+      const i = c % this.#entriesPerBlock;
+      const next = getRefcount(block, i, this.#order) + delta;
+      if (next < 0 || next > this.#max) {
+        throw new Qcow2Error('CORRUPT', next < 0
+          ? `Refcount of cluster ${c} would become negative`
+          : `Refcount of cluster ${c} would exceed the maximum (${this.#max}); please use amend to increase refcount_bits`, { cluster: c });
+      }
+      setRefcount(block, i, this.#order, next);
+      if (next === 0 && c < this.#freeHint) this.#freeHint = c;
+    }
+    if (stop > this.#end) this.#end = stop;
+    return stop;
   }
 
   /**
@@ -146,6 +152,37 @@ export class Refcounts {
     });
     await this.update(start * this.#clusterSize, count, 1);
     return start * this.#clusterSize;
+  }
+
+  /**
+   * `allocate` without awaiting, when that is possible: nothing else is allocating, and the
+   * refblocks the search and the new run need are in the cache. Otherwise `undefined`, and
+   * nothing has changed. The same clusters as `allocate` would pick.
+   */
+  allocateNow(count: number): number | undefined {
+    if (!this.#lock.idle || this.#reserved.length > 0) return undefined;
+    const scan = this.#newScan();
+    let start = -1;
+    while (start < 0) {
+      const free = this.#isFreeCached(scan.next);
+      if (free === undefined) return undefined;
+      start = this.#step(scan, free, count);
+    }
+    const end = start + count;
+    const perBlock = this.#entriesPerBlock;
+    for (let c = start; c < end; c = (Math.floor(c / perBlock) + 1) * perBlock) if (this.#cachedBlock(c) === undefined) return undefined;
+    // As #findFree and #allocate leave it.
+    this.#freeHint = start === scan.firstFree ? end : scan.firstFree;
+    if (end > this.#end) this.#end = end;
+    for (let c = start; c < end;) c = this.#updateIn(this.#cachedBlock(c)!, c, end, 1);
+    return start * this.#clusterSize;
+  }
+
+  /** The refblock of `cluster` when it exists and is cached. */
+  #cachedBlock(cluster: number): Uint8Array | undefined {
+    const off = this.#blockOffset(cluster);
+    if (off === 0 || off % this.#clusterSize !== 0) return undefined;
+    return this.#blocks.peek(off);
   }
 
   /** Release `count` clusters from `offset` (refcount - 1). */
@@ -302,11 +339,19 @@ export class Refcounts {
 
   /** Free in memory and on disk; answered without a promise when the refblock is cached. */
   #isFree(cluster: number): boolean | Promise<boolean> {
+    const known = this.#isFreeCached(cluster);
+    if (known !== undefined) return known;
+    const off = this.#blockOffset(cluster);
+    return Promise.resolve(this.#blocks.get(off)).then((b) => this.#freeIn(b, off, cluster));
+  }
+
+  /** As #isFree, without I/O: `undefined` when the refblock would have to be read. */
+  #isFreeCached(cluster: number): boolean | undefined {
     if (this.#reserved.length > 0 && this.#reserved.some((r) => cluster >= r.start && cluster < r.start + r.count)) return false;
     const off = this.#blockOffset(cluster);
     if (off === 0) return this.#noTableUses(cluster);
-    const block = this.#blocks.get(off);
-    return block instanceof Uint8Array ? this.#freeIn(block, off, cluster) : block.then((b) => this.#freeIn(b, off, cluster));
+    const block = this.#blocks.peek(off);
+    return block === undefined ? undefined : this.#freeIn(block, off, cluster);
   }
 
   #freeIn(block: Uint8Array, off: number, cluster: number): boolean {
@@ -324,26 +369,44 @@ export class Refcounts {
   }
 
   async #findFree(count: number): Promise<number> {
-    let c = Math.max(this.#freeHint, 1);
-    let run = 0;
-    let start = c;
-    let firstFree = -1;
+    const scan = this.#newScan();
     for (;;) {
-      const free = this.#isFree(c);
-      if (typeof free === 'boolean' ? free : await free) {
-        if (firstFree < 0) firstFree = c;
-        if (run === 0) start = c;
-        run++;
-        if (run === count) {
-          // Everything below the first free cluster seen is in use: later scans start there.
-          this.#freeHint = firstFree;
-          return start;
-        }
-      } else {
-        run = 0;
+      const free = this.#isFree(scan.next);
+      const start = this.#step(scan, typeof free === 'boolean' ? free : await free, count);
+      if (start >= 0) {
+        // Everything below the first free cluster seen is in use: later scans start there.
+        this.#freeHint = scan.firstFree;
+        return start;
       }
-      c++;
     }
   }
 
+  #newScan(): FreeScan {
+    const first = Math.max(this.#freeHint, 1);
+    return { next: first, run: 0, start: first, firstFree: -1 };
+  }
+
+  /** Give the scan whether cluster `scan.next` is free: the run's start once it is long enough, else -1. */
+  #step(scan: FreeScan, free: boolean, count: number): number {
+    const c = scan.next++;
+    if (!free) {
+      scan.run = 0;
+      return -1;
+    }
+    if (scan.firstFree < 0) scan.firstFree = c;
+    if (scan.run === 0) scan.start = c;
+    return ++scan.run === count ? scan.start : -1;
+  }
 }
+
+/** A search for `count` free clusters in a row, from the free hint up. */
+interface FreeScan {
+  /** The cluster to look at next. */
+  next: number;
+  /** Free clusters in a row so far, from `start`. */
+  run: number;
+  start: number;
+  /** The first free cluster seen (-1: none yet). */
+  firstFree: number;
+}
+
