@@ -1,8 +1,17 @@
 // Node-only: positional I/O on a file descriptor. Never reads a whole image into memory.
 import { isAbsolute } from 'node:path';
 import { Qcow2Error } from '../errors.js';
-import { closeFd, fdatasyncFd, fstatFd, ftruncateFd, openFd, readAt, statPath, writeAt } from './node-fs.js';
+import { closeFd, fdatasyncFd, fstatFd, ftruncateFd, openFd, readAt, statPath, writeAt, writevAt } from './node-fs.js';
+import { WriteCombiner } from './write-combiner.js';
 import type { Storage, StorageOpenOptions, StorageResolver } from './storage.js';
+
+/**
+ * Most bytes one pwritev carries. Two of `bench -w`'s 64 KiB requests per batch, two batches in
+ * flight, was the fastest of 1-4 requests and 2-4 batches (see WriteCombiner).
+ */
+const WRITE_BATCH_BYTES = 128 << 10;
+/** Batches of small writes in flight at once; more small writes wait and join up meanwhile. */
+const WRITE_BATCHES_RUNNING = 2;
 
 /**
  * A file on the local file system.
@@ -65,14 +74,31 @@ export class NodeFileStorage implements Storage {
     if (done < dst.byteLength) dst.fill(0, done);
   }
 
-  async write(src: Uint8Array, offset: number): Promise<void> {
-    if (this.readOnly) throw new Qcow2Error('READ_ONLY', `${this.name}: file is open read-only`);
-    let done = 0;
-    while (done < src.byteLength) {
-      const bytesWritten = await this.#track(writeAt(this.#fd, src, done, src.byteLength - done, offset + done));
-      done += bytesWritten;
-    }
-    if (offset + src.byteLength > this.#size) this.#size = offset + src.byteLength;
+  write(src: Uint8Array, offset: number): Promise<void> {
+    if (this.readOnly) return Promise.reject(new Qcow2Error('READ_ONLY', `${this.name}: file is open read-only`));
+    return this.#writes.write(src, offset);
+  }
+
+  /** Small adjacent writes go out together, as one pwritev (see WriteCombiner). */
+  readonly #writes = new WriteCombiner(
+    {
+      write: async (src, offset) => {
+        let done = 0;
+        while (done < src.byteLength) done += await this.#track(writeAt(this.#fd, src, done, src.byteLength - done, offset + done));
+        this.#grown(offset + src.byteLength);
+      },
+      writev: async (buffers, offset) => {
+        const n = await this.#track(writevAt(this.#fd, buffers, offset));
+        this.#grown(offset + n);
+        return n;
+      },
+    },
+    WRITE_BATCH_BYTES,
+    WRITE_BATCHES_RUNNING,
+  );
+
+  #grown(end: number): void {
+    if (end > this.#size) this.#size = end;
   }
 
   /** Operations on the descriptor still running (close waits for them). */
@@ -108,6 +134,7 @@ export class NodeFileStorage implements Storage {
   async #close(): Promise<void> {
     // Closing under operations still in flight could let a new file reuse the number while
     // they run.
+    await this.#writes.drain();
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
     const fd = this.#fd;
     this.#fd = -1;

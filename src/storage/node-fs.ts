@@ -5,7 +5,7 @@
 // (see readAt).
 // Named imports: a namespace import makes the CLI bundle copy all of node:fs's exports into a
 // new object at load (~0.6 ms of every run).
-import { close, fdatasync, fstat, ftruncate, open, read, readFile, realpath, stat, unlink, write, type BigIntStats, type Stats } from 'node:fs';
+import { close, fdatasync, fstat, ftruncate, open, read, readFile, realpath, stat, unlink, write, writev, type BigIntStats, type Stats } from 'node:fs';
 
 type Callback<T> = (err: NodeJS.ErrnoException | null, value: T) => void;
 
@@ -48,6 +48,11 @@ export function readAt(fd: number, dst: Uint8Array, at: number, length: number, 
 
 export function writeAt(fd: number, src: Uint8Array, at: number, length: number, position: number): Promise<number> {
   return settle((done) => write(fd, src, at, length, position, done));
+}
+
+/** pwritev(2): the bytes written, which may be fewer than the buffers hold. */
+export function writevAt(fd: number, buffers: Uint8Array[], position: number): Promise<number> {
+  return settle((done) => writev(fd, buffers, position, done));
 }
 
 export function statPath(path: string): Promise<Stats> {
