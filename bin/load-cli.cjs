@@ -28,20 +28,20 @@ const BUNDLE = path.join(__dirname, '..', 'dist', 'cli', 'qcow2kit.cjs');
 const V8_FLAGS = '--max-inlined-bytecode-size-cumulative=200';
 
 /**
- * More flags for one command. `convert` moves gigabytes with little JavaScript per megabyte,
- * and TurboFan still compiled ~30 functions for ~130 ms of CPU in a 0.3 s `convert -O qcow2`,
- * taken from the I/O threads of a 2-core machine. A 16 times larger interrupt budget (the
- * bytecode a function runs before V8 considers optimizing it; default 67584) leaves most of
- * them to the baseline compiler: 380.8 -> 335.1 ms for that convert and 391.0 -> 375.7 ms for
- * `convert -O raw` of 1 GiB (median of 21 runs each). `map` and `bench -w`, which run much
- * more JavaScript per byte, were not faster with it and keep V8's default.
+ * Flags for one command, instead of V8_FLAGS. `convert` moves gigabytes with little JavaScript
+ * per megabyte, and TurboFan still compiled ~30 functions for ~130 ms of CPU in a 0.3 s
+ * `convert -O qcow2`, taken from the I/O threads of a 2-core machine. A 16 times larger
+ * interrupt budget (the bytecode a function runs before V8 considers optimizing it; default
+ * 67584) leaves most of them to the baseline compiler: 380.8 -> 335.1 ms for that convert and
+ * 391.0 -> 375.7 ms for `convert -O raw` of 1 GiB (median of 21 runs each). `bench` keeps
+ * V8's defaults (''): its writes take little JavaScript now, and without flags there is no
+ * node:v8 to load, which pulls in node:stream (~3 ms of a run that qemu-img starts in ~20).
  */
-const COMMAND_V8_FLAGS = { convert: '--interrupt-budget=1081344' };
+const COMMAND_V8_FLAGS = { convert: `${V8_FLAGS} --interrupt-budget=1081344`, bench: '' };
 
-/** The V8 flags loadCli sets for a run of `command`. */
+/** The V8 flags loadCli sets for a run of `command` ('' for none). */
 function v8FlagsFor(command) {
-  const extra = typeof command === 'string' && Object.hasOwn(COMMAND_V8_FLAGS, command) ? COMMAND_V8_FLAGS[command] : undefined;
-  return extra === undefined ? V8_FLAGS : `${V8_FLAGS} ${extra}`;
+  return typeof command === 'string' && Object.hasOwn(COMMAND_V8_FLAGS, command) ? COMMAND_V8_FLAGS[command] : V8_FLAGS;
 }
 
 /** The first line of the bundle names its build; a cache file starts with the same line. */
@@ -100,7 +100,8 @@ function loadCli({ useCache = true, bundle = BUNDLE, command, tune = true } = {}
   // Set before Node starts, the flag made Node compile its modules from source (the CLI
   // reached its first read ~9 ms later); set before the bundle is compiled, it does the
   // same for the modules the bundle loads. The flag matters only to TurboFan, later.
-  if (tune) require('node:v8').setFlagsFromString(v8FlagsFor(command));
+  const flags = tune ? v8FlagsFor(command) : '';
+  if (flags !== '') require('node:v8').setFlagsFromString(flags);
   return { exports: mod.exports, script, source, cacheFile };
 }
 

@@ -18,6 +18,7 @@ import { BenchRequestError, runBench, type BenchParams, type BenchTarget } from 
 import { formatFixed, parseSizeArg } from '../util/size.js';
 import { ArgError, parseCommandArgs, type ParsedOption } from './args.js';
 import { CliError } from './cli-error.js';
+import { monotonicMs } from './clock.js';
 import type { CliIO } from './main.js';
 import { openForCli } from './open-for-cli.js';
 import { useOnePoolThread } from './pool-threads.js';
@@ -83,6 +84,7 @@ interface BenchOptions extends BenchParams {
 export async function run(argv: string[], io: CliIO): Promise<number> {
   return runBenchCommand(argv, io, {
     open: (path, o) => openForCli(path, { format: o.format, readOnly: o.readOnly }),
+    now: monotonicMs,
     // Buffered writes land in the page cache in microseconds, less than waking one of
     // libuv's four pool threads for each costs: with one thread, `bench -w -c 30000 -d 8
     // -s 64k` took ~0.8 s instead of ~0.94 s (qemu-img ~0.77 s). Reads may wait for the disk

@@ -17,6 +17,7 @@ import {
   type IoSession,
 } from './io-commands.js';
 import { PROGRAM, version, type CliIO } from './main.js';
+import { monotonicMs } from './clock.js';
 
 /** Opens the image named on the command line. */
 export type IoOpener = (path: string, options: { format?: string; readOnly: boolean }) => Promise<IoImage>;
@@ -238,6 +239,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   return runIo(argv, io, {
     // Like qemu-io: follow backing files and probe their format when the image names none.
     open: (path, options) => openImageFile(path, { ...options, dependencies: 'follow-and-probe' }),
+    now: monotonicMs,
     readFile: async (path) => new Uint8Array(await readWholeFile(path)),
     formatSpecific: async (image) => {
       if (!(image instanceof Image)) return formatSpecific(image);

@@ -191,6 +191,51 @@ describe('StreamWriter', () => {
     assert.equal(w.write('y'), true);
   });
 
+  it('writes straight to the descriptor when given one, without making the stream', async () => {
+    const written: Uint8Array[] = [];
+    // At most 3 bytes per call: short writes must be continued.
+    const writeSync = (fd: number, bytes: Uint8Array, offset: number): number => {
+      assert.equal(fd, 1);
+      const n = Math.min(3, bytes.byteLength - offset);
+      written.push(bytes.slice(offset, offset + n));
+      return n;
+    };
+    const w = new StreamWriter(() => assert.fail('the stream was made'), { fd: 1, writeSync });
+    w.write('héllo ');
+    w.write(new Uint8Array([1, 2]));
+    await w.flush();
+    assert.equal(Buffer.concat(written).toString('latin1'), Buffer.concat([Buffer.from('héllo '), Buffer.from([1, 2])]).toString('latin1'));
+  });
+
+  it('hands over to the stream when the descriptor would block, and stops after EPIPE', async () => {
+    const s = new FakeStream();
+    let calls = 0;
+    const writeSync = (_fd: number, bytes: Uint8Array, offset: number): number => {
+      if (++calls === 1) return 2;
+      void bytes;
+      void offset;
+      throw Object.assign(new Error('EAGAIN'), { code: 'EAGAIN' });
+    };
+    const w = new StreamWriter(() => s, { fd: 1, writeSync });
+    w.write('abcdef');
+    await w.flush();
+    assert.deepEqual(s.chunks, [new TextEncoder().encode('cdef')]);
+    w.write('g');
+    await w.flush();
+    assert.deepEqual(s.chunks.at(-1), 'g');
+    assert.equal(calls, 2);
+    const broken = new StreamWriter(() => assert.fail('the stream was made'), {
+      fd: 2,
+      writeSync: () => {
+        throw Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
+      },
+    });
+    broken.write('x');
+    await broken.flush();
+    assert.equal(broken.write('y'), true);
+    await broken.flush();
+  });
+
   it('drops output after a broken pipe instead of failing', async () => {
     const s = new FakeStream();
     s.limit = 1;

@@ -26,11 +26,13 @@ function qemuImg(...args: string[]): void {
   assert.equal(r.status, 0, `qemu-img ${args.join(' ')}: ${r.stderr}`);
 }
 
-// Records process.moduleLoadList before loading the bundle and after the command finished.
+// Records process.moduleLoadList before loading the bundle and after the command finished;
+// loads the bundle as bin/qcow2kit does.
 const CHILD = `
 const before = new Set(process.moduleLoadList);
 const [loadCliPath, argvJson, resultPath] = process.argv.slice(1);
-require(loadCliPath).loadCli().exports.runCli(JSON.parse(argvJson)).then((code) => {
+const argv = JSON.parse(argvJson);
+require(loadCliPath).loadCli({ command: argv[0] }).exports.runCli(argv).then((code) => {
   const loaded = process.moduleLoadList.filter((m) => !before.has(m));
   require('node:fs').writeFileSync(resultPath, JSON.stringify({ code, loaded }));
 });
@@ -86,4 +88,14 @@ test('convert -O raw of a zlib-compressed qcow2 loads zlib and converts correctl
   assert.equal(convert.code, 0);
   assert.ok(convert.loaded.includes('NativeModule zlib'), 'a compressed cluster needs node:zlib');
   assert.deepEqual(new Uint8Array(readFileSync(out)), bytes);
+});
+
+test('bench -w prints and times itself without node:v8, perf_hooks or a stdio stream', { skip }, () => {
+  const image = join(dir, 'bench.qcow2');
+  qemuImg('create', '-f', 'qcow2', image, '64M');
+  const r = runFresh(['bench', '-w', '-c', '16', '-s', '64k', image]);
+  assert.equal(r.code, 0);
+  for (const m of ['NativeModule v8', 'NativeModule perf_hooks', 'NativeModule net', 'NativeModule stream', 'NativeModule internal/fs/sync_write_stream']) {
+    assert.equal(r.loaded.includes(m), false, m);
+  }
 });
