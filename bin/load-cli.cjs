@@ -33,11 +33,13 @@ const V8_FLAGS = '--max-inlined-bytecode-size-cumulative=200';
  * `convert -O qcow2`, taken from the I/O threads of a 2-core machine. A 16 times larger
  * interrupt budget (the bytecode a function runs before V8 considers optimizing it; default
  * 67584) leaves most of them to the baseline compiler: 380.8 -> 335.1 ms for that convert and
- * 391.0 -> 375.7 ms for `convert -O raw` of 1 GiB (median of 21 runs each). `bench` keeps
- * V8's defaults (''): its writes take little JavaScript now, and without flags there is no
- * node:v8 to load, which pulls in node:stream (~3 ms of a run that qemu-img starts in ~20).
+ * 391.0 -> 375.7 ms for `convert -O raw` of 1 GiB (median of 21 runs each). `bench` runs no
+ * optimizing compiler at all (Sparkplug is the top tier): its main thread idles most of the
+ * time while TurboFan's compiles took ~0.2 s of CPU from the I/O thread. `bench -w -c 30000
+ * -d 8 -s 64k`: 0.665 s with V8_FLAGS and the convert budget, 0.745 s with V8's defaults,
+ * 0.555 s so (qemu-img 0.765 s; medians of 12-14).
  */
-const COMMAND_V8_FLAGS = { convert: `${V8_FLAGS} --interrupt-budget=1081344`, bench: '' };
+const COMMAND_V8_FLAGS = { convert: `${V8_FLAGS} --interrupt-budget=1081344`, bench: '--max-opt=1' };
 
 /** The V8 flags loadCli sets for a run of `command` ('' for none). */
 function v8FlagsFor(command) {

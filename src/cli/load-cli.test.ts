@@ -52,10 +52,10 @@ test('a CLI run sets its V8 flag only after the bundle is compiled, so the cache
   assert.deepEqual(JSON.parse(child.stdout), { rejected: false, file: `${bundle}.convert.v8cache` });
 });
 
-test('convert runs get a larger interrupt budget on top of the inlining flag, bench none, other commands only the latter', () => {
+test('convert runs get a larger interrupt budget on top of the inlining flag, bench no optimizing tier, other commands only the former', () => {
   const base = '--max-inlined-bytecode-size-cumulative=200';
   assert.equal(v8FlagsFor('convert'), `${base} --interrupt-budget=1081344`);
-  assert.equal(v8FlagsFor('bench'), '');
+  assert.equal(v8FlagsFor('bench'), '--max-opt=1');
   for (const command of ['map', 'info', '--version', 'toString', '__proto__', undefined]) assert.equal(v8FlagsFor(command), base, String(command));
 });
 
