@@ -360,8 +360,9 @@ export class StreamWriter implements CliWriter {
 /** A CliIO over the real process streams. */
 export function createNodeIO(): CliIO {
   return {
-    stdout: new StreamWriter(() => process.stdout, { fd: 1 }),
-    stderr: new StreamWriter(() => process.stderr, { fd: 2 }),
+    // Windows consoles need the stream's encoding handling.
+    stdout: new StreamWriter(() => process.stdout, process.platform === 'win32' ? undefined : { fd: 1 }),
+    stderr: new StreamWriter(() => process.stderr, process.platform === 'win32' ? undefined : { fd: 2 }),
     env: process.env,
     // Touch process.stdin only when a command reads it: creating it can hold the process open.
     stdin: { [Symbol.asyncIterator]: () => (process.stdin as AsyncIterable<string | Uint8Array>)[Symbol.asyncIterator]() },
