@@ -93,7 +93,8 @@ export class WriteCombiner {
   #schedule(): void {
     if (this.#scheduled || this.#running >= this.#maxRunning || this.#waiting.length === 0) return;
     this.#scheduled = true;
-    queueMicrotask(this.#submit);
+    // A promise reaction, not queueMicrotask: Node wraps those in an AsyncResource each.
+    void Promise.resolve().then(this.#submit);
   }
 
   readonly #submit = (): void => {
