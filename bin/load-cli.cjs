@@ -41,7 +41,7 @@ const V8_FLAGS = '--max-inlined-bytecode-size-cumulative=200';
  */
 const COMMAND_V8_FLAGS = { convert: `${V8_FLAGS} --interrupt-budget=1081344`, bench: '--max-opt=1' };
 
-/** The V8 flags loadCli sets for a run of `command` ('' for none). */
+/** The V8 flags loadCli sets for a run of `command`. */
 function v8FlagsFor(command) {
   return typeof command === 'string' && Object.hasOwn(COMMAND_V8_FLAGS, command) ? COMMAND_V8_FLAGS[command] : V8_FLAGS;
 }
@@ -102,8 +102,7 @@ function loadCli({ useCache = true, bundle = BUNDLE, command, tune = true } = {}
   // Set before Node starts, the flag made Node compile its modules from source (the CLI
   // reached its first read ~9 ms later); set before the bundle is compiled, it does the
   // same for the modules the bundle loads. The flag matters only to TurboFan, later.
-  const flags = tune ? v8FlagsFor(command) : '';
-  if (flags !== '') require('node:v8').setFlagsFromString(flags);
+  if (tune) require('node:v8').setFlagsFromString(v8FlagsFor(command));
   return { exports: mod.exports, script, source, cacheFile };
 }
 

@@ -178,27 +178,30 @@ export class Qcow2Writer implements DriverWriter {
   /** Point fresh guest clusters at their (written) host clusters. */
   #mapFresh(l1Index: number, first: number, count: number, host: number): Promise<void> | undefined {
     const s = this.#s;
-    const set = (table: DataView, l2Offset: number): void => {
-      const l2Entries = s.meta.l2Entries;
-      for (let i = 0; i < count; i++) {
-        const [hi, lo] = encodeStandard(host + i * s.clusterSize, true);
-        this.#setEntry(table, (first + i) % l2Entries, hi, lo, 0, 0);
-      }
-      s.l2.markDirty(l2Offset);
-    };
     const l2Offset = s.lock.idle ? this.#ownedL2(l1Index) : 0;
     const bytes = l2Offset === 0 ? undefined : s.l2.peek(l2Offset);
     if (bytes !== undefined) {
-      set(tableViews(bytes).view, l2Offset);
+      this.#setFresh(tableViews(bytes).view, l2Offset, first, count, host);
       return s.l2.overBudget ? this.flush() : undefined;
     }
     // The table moved meanwhile (a snapshot shares it now, or it left the cache).
     return s.lock
       .run(async () => {
         const { offset, table } = await this.#writableL2(l1Index);
-        set(table, offset);
+        this.#setFresh(table, offset, first, count, host);
       })
       .then(() => this.#relieveCaches());
+  }
+
+  /** Set the entries of `count` guest clusters from `first` to host clusters from `host`. */
+  #setFresh(table: DataView, l2Offset: number, first: number, count: number, host: number): void {
+    const s = this.#s;
+    const l2Entries = s.meta.l2Entries;
+    for (let i = 0; i < count; i++) {
+      const [hi, lo] = encodeStandard(host + i * s.clusterSize, true);
+      this.#setEntry(table, (first + i) % l2Entries, hi, lo, 0, 0);
+    }
+    s.l2.markDirty(l2Offset);
   }
 
   /** Offset of the L2 table for `l1Index` when it exists, is ours alone (COPIED) and well placed; else 0. */
